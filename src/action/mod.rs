@@ -1,0 +1,55 @@
+//! Actions: the effects the rule engine asks for.
+//!
+//! - `command`: run an argv (never a shell) with the incident in its environment;
+//! - `signal`: signal the process in a pidfile, escalate to SIGKILL, start it again;
+//! - `webhook`: POST the incident as JSON, again when it resolves.
+//!
+//! Remedies ([`run_remedy`]) run in their own tasks and report back; pages go through
+//! [`webhook::Pager`]s, queues with retries that never block probing.
+
+pub mod command;
+pub mod signal;
+pub mod webhook;
+
+use crate::clock::Timestamp;
+use crate::config::ActionSpec;
+use crate::rules::IncidentView;
+
+/// Where a remedy runs and what it is about, for env vars and logs.
+#[derive(Debug, Clone)]
+pub struct Context {
+    pub action: String,
+    pub host: String,
+    pub incident: IncidentView,
+    pub now: Timestamp,
+}
+
+impl Context {
+    /// `WATCHDOG_*` variables: what a script needs to know about the incident.
+    pub fn env(&self) -> Vec<(String, String)> {
+        let i = &self.incident;
+        vec![
+            ("WATCHDOG_PROBE".into(), i.probe.clone()),
+            ("WATCHDOG_STATE".into(), i.state.to_string()),
+            ("WATCHDOG_REASON".into(), i.reason.clone()),
+            ("WATCHDOG_INCIDENT".into(), i.id.to_string()),
+            ("WATCHDOG_ACTION".into(), self.action.clone()),
+            ("WATCHDOG_HOST".into(), self.host.clone()),
+            (
+                "WATCHDOG_DOWN_SECONDS".into(),
+                self.now.saturating_since(i.since).as_secs().to_string(),
+            ),
+            ("WATCHDOG_REMEDIES".into(), i.remedies.to_string()),
+        ]
+    }
+}
+
+/// Runs a remedy to its end (each kind has its own timeouts) and says how it went, e.g.
+/// "sent SIGTERM to pid 812, exited after 40 ms; start: exit 0".
+pub async fn run_remedy(spec: &ActionSpec, ctx: &Context) -> Result<String, String> {
+    match spec {
+        ActionSpec::Command(c) => command::run(&c.argv, &ctx.env(), c.timeout).await,
+        ActionSpec::Signal(s) => signal::run(s, &ctx.env()).await,
+        ActionSpec::Webhook(_) => Err("a webhook is a pager, not a remedy".into()),
+    }
+}

@@ -1,0 +1,389 @@
+//! `watchdog check`: run the probes once, for cron and container health checks.
+//!
+//! The engine's state is loaded from and saved to `state_dir`, so `fail_after = 3` means three
+//! runs, budgets span runs, and an incident paged by one run is resolved by a later one. Runs
+//! are serialized by a lock on the state dir. Probes run concurrently; then the engine decides
+//! (in config order, a pure step); then all effects run concurrently, each under its own
+//! timeout; then the state is saved. Pages that could not be delivered are kept in the state
+//! and retried first by the next run.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use serde::Serialize;
+use tokio::task::JoinSet;
+
+use crate::action::webhook::{self, Page};
+use crate::action::{self, Context};
+use crate::clock;
+use crate::config::{ActionSpec, Config};
+use crate::health::State;
+use crate::probe::{HttpClients, Probe};
+use crate::rules::Effect;
+use crate::state::{self, PendingPage};
+
+/// One line of the report.
+#[derive(Debug, Clone, Serialize, PartialEq, Eq)]
+pub struct Row {
+    pub probe: String,
+    pub kind: String,
+    pub ok: bool,
+    pub state: State,
+    pub reason: String,
+    pub latency_ms: u64,
+    /// What this run did about it: "restart-apache: sent SIGTERM ...", "page oncall: delivered".
+    pub actions: Vec<String>,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct Report {
+    pub rows: Vec<Row>,
+    /// Pages still undelivered after this run (retried by the next).
+    pub pending_pages: usize,
+}
+
+impl Report {
+    /// 0 when every probe passed and is up; 1 when something failed or is down.
+    pub fn exit_code(&self) -> i32 {
+        if self.rows.iter().all(|r| r.ok && r.state == State::Up) {
+            0
+        } else {
+            1
+        }
+    }
+
+    /// A table like `monit summary`.
+    pub fn table(&self) -> String {
+        let w = self
+            .rows
+            .iter()
+            .map(|r| r.probe.len())
+            .max()
+            .unwrap_or(5)
+            .max(5);
+        let mut out = format!(
+            "{:<w$}  {:<5} {:<8} {:<5} {}\n",
+            "PROBE", "KIND", "STATE", "CHECK", "RESULT"
+        );
+        for r in &self.rows {
+            let check = if r.ok { "ok" } else { "FAIL" };
+            out.push_str(&format!(
+                "{:<w$}  {:<5} {:<8} {:<5} {}\n",
+                r.probe,
+                r.kind,
+                r.state.to_string(),
+                check,
+                r.reason
+            ));
+            for a in &r.actions {
+                out.push_str(&format!("{:<w$}  -> {a}\n", ""));
+            }
+        }
+        if self.pending_pages > 0 {
+            out.push_str(&format!(
+                "{} page(s) undelivered, kept for the next run\n",
+                self.pending_pages
+            ));
+        }
+        out
+    }
+}
+
+/// What one effect did, for the report; `remedy` is set for remedies (to report their end).
+struct Done {
+    probe: usize,
+    line: String,
+    remedy: Option<(String, &'static str)>,
+    undelivered: Option<PendingPage>,
+}
+
+/// Runs the `selected` probes (all when empty) once.
+pub async fn run(config: Config, selected: &[String], dry_run: bool) -> Result<Report, String> {
+    for name in selected {
+        if config.probe(name).is_none() {
+            let known: Vec<&str> = config.probes.iter().map(|p| p.name.as_str()).collect();
+            return Err(format!(
+                "no probe named \"{name}\"; probes: {}",
+                known.join(", ")
+            ));
+        }
+    }
+    let config = Arc::new(config);
+    let dry_run = dry_run || config.watchdog.dry_run;
+    let dir = config.watchdog.state_dir.clone();
+    let _lock = state::lock(&dir, Duration::from_secs(10))?;
+    let boot_id = clock::boot_id();
+    let (mut saved, warnings) = state::load(&dir, &boot_id);
+    for w in warnings {
+        tracing::warn!("{w}");
+    }
+    saved
+        .engine
+        .retain_probes(|name| config.probe(name).is_some());
+
+    let client = reqwest::Client::builder()
+        .no_proxy()
+        .build()
+        .map_err(|e| format!("HTTP client: {e}"))?;
+    let mut pending = retry_pending(
+        &config,
+        &client,
+        std::mem::take(&mut saved.pending_pages),
+        dry_run,
+    )
+    .await;
+
+    // 1. Probes, concurrently.
+    let indices: Vec<usize> = config
+        .probes
+        .iter()
+        .enumerate()
+        .filter(|(_, p)| selected.is_empty() || selected.contains(&p.name))
+        .map(|(i, _)| i)
+        .collect();
+    let mut clients = HttpClients::default();
+    let mut checks = JoinSet::new();
+    for &i in &indices {
+        let spec = &config.probes[i];
+        let probe = Probe::build(&spec.check, &mut clients);
+        let timeout = spec.timeout;
+        checks.spawn(async move { (i, probe.run(timeout).await) });
+    }
+    let mut outcomes = Vec::new();
+    while let Some(joined) = checks.join_next().await {
+        outcomes.push(joined.map_err(|e| format!("a probe task failed: {e}"))?);
+    }
+    outcomes.sort_by_key(|(i, _)| *i);
+
+    // 2. Decisions: the pure step, in config order.
+    let now = clock::now();
+    let mut rows = Vec::new();
+    let mut effects = Vec::new();
+    for (i, outcome) in &outcomes {
+        let spec = &config.probes[*i];
+        for effect in saved
+            .engine
+            .observe(&spec.rules, outcome.ok, &outcome.reason, now)
+        {
+            effects.push((*i, effect));
+        }
+        rows.push(Row {
+            probe: spec.name.clone(),
+            kind: spec.check.kind().to_string(),
+            ok: outcome.ok,
+            state: State::Starting,
+            reason: outcome.reason.clone(),
+            latency_ms: outcome.latency.as_millis() as u64,
+            actions: Vec::new(),
+        });
+    }
+
+    // 3. Effects, concurrently, each under its own timeout.
+    let mut running = JoinSet::new();
+    for (probe, effect) in effects {
+        if let Some(fut) = effect_task(probe, effect, &config, &client, dry_run, now) {
+            running.spawn(fut);
+        }
+    }
+    let mut finished = Vec::new();
+    while let Some(joined) = running.join_next().await {
+        finished.push(joined.map_err(|e| format!("an action task failed: {e}"))?);
+    }
+    let now = clock::now();
+    for done in finished {
+        let spec = &config.probes[done.probe];
+        if let Some((action, outcome)) = &done.remedy {
+            saved
+                .engine
+                .remedy_finished(&spec.rules, action, outcome, now);
+        }
+        if let Some(row) = rows.iter_mut().find(|r| r.probe == spec.name) {
+            row.actions.push(done.line);
+        }
+        pending.extend(done.undelivered);
+    }
+    for row in &mut rows {
+        if let Some(memory) = saved.engine.probe(&row.probe) {
+            row.state = memory.health.state;
+        }
+    }
+
+    saved.pending_pages = pending;
+    let pending_pages = saved.pending_pages.len();
+    state::save(&dir, &saved)?;
+    Ok(Report {
+        rows,
+        pending_pages,
+    })
+}
+
+/// Turns one effect into a task (or just a log line, returning `None`).
+fn effect_task(
+    probe: usize,
+    effect: Effect,
+    config: &Arc<Config>,
+    client: &reqwest::Client,
+    dry_run: bool,
+    now: clock::Timestamp,
+) -> Option<impl Future<Output = Done> + Send + 'static> {
+    let host = config.watchdog.hostname.clone();
+    enum Job {
+        Remedy(String, ActionSpec, Context),
+        Page(String, crate::config::WebhookAction, Page),
+    }
+    let job = match effect {
+        Effect::StateChanged {
+            probe,
+            from,
+            to,
+            reason,
+        } => {
+            tracing::info!(probe = %probe, state = %to, from = %from, reason = %reason, "state changed");
+            return None;
+        }
+        Effect::BudgetSpent {
+            probe,
+            action,
+            budget,
+        } => {
+            tracing::error!(probe = %probe, action = %action, budget = %budget, "remedy budget spent: giving up");
+            return None;
+        }
+        Effect::NoPager { probe, summary } => {
+            tracing::error!(probe = %probe, summary = %summary, "page due, but no rule of this probe names a pager");
+            return None;
+        }
+        Effect::Remedy {
+            action, incident, ..
+        } => {
+            let spec = config.actions.get(&action)?.clone();
+            Job::Remedy(
+                action.clone(),
+                spec,
+                Context {
+                    action,
+                    host,
+                    incident,
+                    now,
+                },
+            )
+        }
+        Effect::Page {
+            pager,
+            event,
+            summary,
+            incident,
+        } => {
+            let Some(ActionSpec::Webhook(spec)) = config.actions.get(&pager) else {
+                return None;
+            };
+            Job::Page(
+                pager,
+                spec.clone(),
+                Page::new(event, &summary, &incident, &host, now),
+            )
+        }
+    };
+    let client = client.clone();
+    Some(async move {
+        match job {
+            Job::Remedy(action, _, ctx) if dry_run => {
+                tracing::warn!(probe = %ctx.incident.probe, action = %action, "dry run: would run remedy");
+                Done {
+                    probe,
+                    line: format!("{action}: dry run, not run"),
+                    remedy: Some((action, "dry run")),
+                    undelivered: None,
+                }
+            }
+            Job::Remedy(action, spec, ctx) => {
+                tracing::warn!(probe = %ctx.incident.probe, action = %action, reason = %ctx.incident.reason, "running remedy");
+                let result = action::run_remedy(&spec, &ctx).await;
+                let (line, outcome) = match result {
+                    Ok(s) => (format!("{action}: {s}"), "ok"),
+                    Err(e) => (format!("{action}: FAILED: {e}"), "failed"),
+                };
+                tracing::info!(probe = %ctx.incident.probe, action = %action, result = %line, "remedy done");
+                Done {
+                    probe,
+                    line,
+                    remedy: Some((action, outcome)),
+                    undelivered: None,
+                }
+            }
+            Job::Page(pager, _, page) if dry_run => {
+                tracing::warn!(probe = %page.probe, action = %pager, summary = %page.summary, "dry run: would page");
+                Done {
+                    probe,
+                    line: format!("page {pager}: dry run, not sent"),
+                    remedy: None,
+                    undelivered: None,
+                }
+            }
+            Job::Page(pager, spec, page) => match webhook::deliver(&client, &spec, &page).await {
+                Ok(()) => {
+                    tracing::info!(probe = %page.probe, action = %pager, event = ?page.event, "page delivered");
+                    Done {
+                        probe,
+                        line: format!("page {pager} ({:?}): delivered", page.event),
+                        remedy: None,
+                        undelivered: None,
+                    }
+                }
+                Err(e) => {
+                    tracing::warn!(probe = %page.probe, action = %pager, error = %e, "page delivery failed; kept for the next run");
+                    Done {
+                        probe,
+                        line: format!("page {pager}: failed ({e}), kept for the next run"),
+                        remedy: None,
+                        undelivered: Some(PendingPage {
+                            action: pager,
+                            page,
+                            attempts: 1,
+                        }),
+                    }
+                }
+            },
+        }
+    })
+}
+
+/// Pages left undelivered by earlier runs, tried once more each, concurrently.
+async fn retry_pending(
+    config: &Config,
+    client: &reqwest::Client,
+    pending: Vec<PendingPage>,
+    dry_run: bool,
+) -> Vec<PendingPage> {
+    if dry_run {
+        return pending;
+    }
+    let mut tasks = JoinSet::new();
+    for mut p in pending {
+        let Some(ActionSpec::Webhook(spec)) = config.actions.get(&p.action).cloned() else {
+            tracing::error!(action = %p.action, probe = %p.page.probe, "dropping a pending page: its webhook action is no longer configured");
+            continue;
+        };
+        let client = client.clone();
+        tasks.spawn(async move {
+            match webhook::deliver(&client, &spec, &p.page).await {
+                Ok(()) => {
+                    tracing::info!(action = %p.action, probe = %p.page.probe, attempts = p.attempts + 1, "pending page delivered");
+                    None
+                }
+                Err(e) => {
+                    p.attempts += 1;
+                    tracing::warn!(action = %p.action, probe = %p.page.probe, attempts = p.attempts, error = %e, "pending page still undelivered");
+                    Some(p)
+                }
+            }
+        });
+    }
+    let mut left = Vec::new();
+    while let Some(joined) = tasks.join_next().await {
+        if let Ok(Some(p)) = joined {
+            left.push(p);
+        }
+    }
+    left
+}

@@ -1,0 +1,1028 @@
+//! Semantic checks: raw items in, the typed [`Config`] out, every problem reported.
+//!
+//! Each `check_*` function looks at one kind of item and pushes what is wrong into the shared
+//! [`Diagnostics`]; none stops at the first problem. A config is usable only when no error was
+//! pushed; warnings (unused actions, probes no rule acts on, files writable by others) travel
+//! apart.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::path::PathBuf;
+use std::time::Duration;
+
+use toml::Spanned;
+
+use super::diagnostic::{Diagnostics, Source};
+use super::load::closest;
+use super::raw::{self, Count, Text};
+use super::{
+    ActionSpec, CheckSpec, CommandAction, Config, HttpCheck, ProbeSpec, SecretRef, SignalAction,
+    StatusRanges, TcpCheck, WatchdogSettings, WebhookAction,
+};
+use crate::health::{HealthPolicy, Window};
+use crate::rules::{ActionRef, Budget, ProbeRules, Rule, Trigger};
+
+/// One deserialized item and the byte offset of its table.
+pub struct Item<T> {
+    pub value: T,
+    pub at: usize,
+}
+
+/// One config file, split into items.
+pub struct Document {
+    pub source: Source,
+    pub watchdog: Option<(raw::Watchdog, usize)>,
+    pub defaults: Option<(raw::Timing, usize)>,
+    pub probes: Vec<Item<raw::Probe>>,
+    pub rules: Vec<Item<raw::Rule>>,
+    pub actions: Vec<(Spanned<String>, Item<raw::Action>)>,
+}
+
+/// Where diagnostics go while one item is checked.
+struct Ctx<'a> {
+    source: &'a Source,
+    subject: Option<String>,
+    diags: &'a mut Diagnostics,
+}
+
+impl Ctx<'_> {
+    fn error(&mut self, at: usize, message: impl Into<String>) {
+        self.diags
+            .error(self.source, at, self.subject.as_deref(), message);
+    }
+
+    fn warn(&mut self, at: usize, message: impl Into<String>) {
+        self.diags
+            .warn(self.source, at, self.subject.as_deref(), message);
+    }
+
+    /// A duration such as `5s`, `1500ms`, `1m30s`; `None` if absent or bad (bad is reported).
+    fn duration(&mut self, key: &str, text: &Option<Text>) -> Option<Duration> {
+        let text = text.as_ref()?;
+        match humantime::parse_duration(text.get_ref().trim()) {
+            Ok(d) => Some(d),
+            Err(e) => {
+                self.error(
+                    text.span().start,
+                    format!(
+                        "`{key}`: `{}` is not a duration ({e}); write e.g. \"500ms\", \"5s\", \"1m30s\"",
+                        text.get_ref()
+                    ),
+                );
+                None
+            }
+        }
+    }
+
+    /// A duration that must not be zero.
+    fn positive_duration(&mut self, key: &str, text: &Option<Text>) -> Option<Duration> {
+        let d = self.duration(key, text)?;
+        if d.is_zero() {
+            self.error(
+                text.as_ref().map_or(0, |t| t.span().start),
+                format!("`{key}` must be greater than zero"),
+            );
+            return None;
+        }
+        Some(d)
+    }
+
+    /// A count ≥ 1 that fits in a u32.
+    fn count(&mut self, key: &str, value: &Option<Count>) -> Option<u32> {
+        let value = value.as_ref()?;
+        match u32::try_from(*value.get_ref()) {
+            Ok(n) if n >= 1 => Some(n),
+            _ => {
+                self.error(
+                    value.span().start,
+                    format!("`{key}` must be at least 1 (got {})", value.get_ref()),
+                );
+                None
+            }
+        }
+    }
+
+    /// Reports keys set on an item whose kind does not use them.
+    fn not_for_kind(&mut self, kind: &str, keys: &[(&str, Option<usize>)]) {
+        for (key, at) in keys {
+            if let Some(at) = at {
+                self.error(*at, format!("`{key}` does not apply to kind \"{kind}\""));
+            }
+        }
+    }
+}
+
+fn at<T>(v: &Option<Spanned<T>>) -> Option<usize> {
+    v.as_ref().map(|s| s.span().start)
+}
+
+/// Probe timing after `[defaults]` and the probe's own overrides.
+#[derive(Clone)]
+struct Timing {
+    interval: Duration,
+    timeout: Duration,
+    policy: HealthPolicy,
+}
+
+impl Default for Timing {
+    fn default() -> Self {
+        Timing {
+            interval: Duration::from_secs(5),
+            timeout: Duration::from_secs(2),
+            policy: HealthPolicy::default(),
+        }
+    }
+}
+
+fn apply_timing(ctx: &mut Ctx<'_>, base: &Timing, t: &raw::Timing) -> Timing {
+    let mut out = base.clone();
+    if let Some(d) = ctx.positive_duration("interval", &t.interval) {
+        out.interval = d;
+    }
+    if let Some(d) = ctx.positive_duration("timeout", &t.timeout) {
+        out.timeout = d;
+    }
+    if let Some(n) = ctx.count("fail_after", &t.fail_after) {
+        out.policy.fail_after = n;
+    }
+    if let Some(n) = ctx.count("recover_after", &t.recover_after) {
+        out.policy.recover_after = n;
+    }
+    if let Some(w) = &t.window {
+        match parse_window(w.get_ref()) {
+            Ok(window) => out.policy.window = Some(window),
+            Err(e) => ctx.error(w.span().start, format!("`window`: {e}")),
+        }
+    }
+    if let Some(d) = ctx.duration("startup_grace", &t.startup_grace) {
+        out.policy.startup_grace = d;
+    }
+    if let Some(d) = ctx.duration("restart_grace", &t.restart_grace) {
+        out.policy.restart_grace = d;
+    }
+    out
+}
+
+/// `"3 of 5"`.
+fn parse_window(text: &str) -> Result<Window, String> {
+    let bad = || {
+        format!(
+            "`{text}` is not a window; write e.g. \"3 of 5\" (3 failures among the last 5 checks)"
+        )
+    };
+    let (n, m) = text.split_once(" of ").ok_or_else(bad)?;
+    let failures: u32 = n.trim().parse().map_err(|_| bad())?;
+    let of: u32 = m.trim().parse().map_err(|_| bad())?;
+    if failures == 0 || failures > of || of > Window::MAX {
+        return Err(format!(
+            "`{text}`: need 1 <= failures <= checks <= {}",
+            Window::MAX
+        ));
+    }
+    Ok(Window { failures, of })
+}
+
+/// `"down"`, `"down for 60s"`, `"up"`.
+fn parse_trigger(text: &str) -> Result<Trigger, String> {
+    let t = text.trim();
+    if t == "down" {
+        return Ok(Trigger::Down);
+    }
+    if t == "up" {
+        return Ok(Trigger::Up);
+    }
+    if let Some(d) = t.strip_prefix("down for ") {
+        return humantime::parse_duration(d.trim())
+            .map(Trigger::DownFor)
+            .map_err(|e| format!("`{d}` is not a duration: {e}"));
+    }
+    Err(format!(
+        "`{t}` is not a rule condition; write \"down\", \"down for 60s\" or \"up\""
+    ))
+}
+
+/// `"3 per 15m"`.
+fn parse_budget(text: &str) -> Result<Budget, String> {
+    let bad = || format!("`{text}` is not a budget; write e.g. \"3 per 15m\"");
+    let (n, d) = text.split_once(" per ").ok_or_else(bad)?;
+    let max: u32 = n.trim().parse().map_err(|_| bad())?;
+    let per = humantime::parse_duration(d.trim()).map_err(|_| bad())?;
+    if max == 0 || per.is_zero() {
+        return Err(format!(
+            "`{text}`: both the count and the period must be greater than zero"
+        ));
+    }
+    Ok(Budget { max, per })
+}
+
+pub fn check(documents: &[Document], diags: &mut Diagnostics) -> Option<Config> {
+    let main = documents.first()?;
+
+    let watchdog = check_watchdog(main, diags);
+    let defaults = match &main.defaults {
+        Some((d, _)) => {
+            let mut ctx = Ctx {
+                source: &main.source,
+                subject: Some("[defaults]".into()),
+                diags,
+            };
+            apply_timing(&mut ctx, &Timing::default(), d)
+        }
+        None => Timing::default(),
+    };
+
+    let actions = check_actions(documents, diags);
+    let mut probes = check_probes(documents, &defaults, diags);
+    check_rules(documents, &mut probes, &actions, diags);
+
+    // Probes no rule acts on, and actions no rule uses: legal, but probably a mistake.
+    let mut used_actions = BTreeSet::new();
+    for (spec, (source, at)) in &probes {
+        if spec.rules.rules.is_empty() {
+            diags.warn(
+                source,
+                *at,
+                Some(&format!("probe \"{}\"", spec.name)),
+                "no rule acts on this probe: its failures will only be logged",
+            );
+        }
+        for rule in &spec.rules.rules {
+            used_actions.extend(rule.actions.iter().map(|a| a.name.clone()));
+        }
+    }
+    for (name, (_, source, at)) in &actions {
+        if !used_actions.contains(name) {
+            diags.warn(
+                source,
+                *at,
+                Some(&format!("action \"{name}\"")),
+                "no rule uses this action",
+            );
+        }
+    }
+
+    Some(Config {
+        files: documents.iter().map(|d| d.source.path.clone()).collect(),
+        watchdog,
+        probes: probes.into_iter().map(|(p, _)| p).collect(),
+        actions: actions.into_iter().map(|(n, (a, _, _))| (n, a)).collect(),
+    })
+}
+
+fn check_watchdog(main: &Document, diags: &mut Diagnostics) -> WatchdogSettings {
+    let mut settings = WatchdogSettings {
+        state_dir: PathBuf::from(WatchdogSettings::DEFAULT_STATE_DIR),
+        dry_run: false,
+        max_in_flight: WatchdogSettings::DEFAULT_MAX_IN_FLIGHT,
+        hostname: nix::unistd::gethostname()
+            .ok()
+            .and_then(|h| h.into_string().ok())
+            .unwrap_or_else(|| "localhost".into()),
+    };
+    let Some((w, _)) = &main.watchdog else {
+        return settings;
+    };
+    let mut ctx = Ctx {
+        source: &main.source,
+        subject: Some("[watchdog]".into()),
+        diags,
+    };
+    if let Some(dir) = &w.state_dir {
+        let path = PathBuf::from(dir.get_ref());
+        if path.is_relative() {
+            // Relative to the config file, so a checkout's config works from any cwd.
+            let base = main
+                .source
+                .path
+                .parent()
+                .map(PathBuf::from)
+                .unwrap_or_default();
+            settings.state_dir = base.join(path);
+        } else {
+            settings.state_dir = path;
+        }
+    }
+    settings.dry_run = w.dry_run.unwrap_or(false);
+    if let Some(n) = ctx.count("max_in_flight", &w.max_in_flight) {
+        settings.max_in_flight = n as usize;
+    }
+    if let Some(h) = &w.hostname {
+        if h.get_ref().trim().is_empty() {
+            ctx.error(h.span().start, "`hostname` must not be empty");
+        } else {
+            settings.hostname = h.get_ref().clone();
+        }
+    }
+    settings
+}
+
+type Checked<T> = (T, (Source, usize));
+
+fn check_probes(
+    documents: &[Document],
+    defaults: &Timing,
+    diags: &mut Diagnostics,
+) -> Vec<Checked<ProbeSpec>> {
+    let mut out: Vec<Checked<ProbeSpec>> = Vec::new();
+    let mut seen: BTreeMap<String, (PathBuf, usize)> = BTreeMap::new();
+    for doc in documents {
+        for item in &doc.probes {
+            let p = &item.value;
+            let name = p.name.get_ref().clone();
+            let mut ctx = Ctx {
+                source: &doc.source,
+                subject: Some(format!("probe \"{name}\"")),
+                diags,
+            };
+            if name.trim().is_empty() {
+                ctx.error(p.name.span().start, "`name` must not be empty");
+            }
+            if let Some((file, line)) = seen.get(&name) {
+                ctx.error(
+                    p.name.span().start,
+                    format!(
+                        "duplicate probe name: already defined at {}:{line}",
+                        file.display()
+                    ),
+                );
+            } else {
+                let (line, _) = doc.source.line_col(p.name.span().start);
+                seen.insert(name.clone(), (doc.source.path.clone(), line));
+            }
+            if let Some(spec) = check_probe(&mut ctx, p, defaults) {
+                out.push((spec, (doc.source.clone(), item.at)));
+            }
+        }
+    }
+    out
+}
+
+fn check_probe(ctx: &mut Ctx<'_>, p: &raw::Probe, defaults: &Timing) -> Option<ProbeSpec> {
+    let overrides = raw::Timing {
+        interval: p.interval.clone(),
+        timeout: p.timeout.clone(),
+        fail_after: p.fail_after.clone(),
+        recover_after: p.recover_after.clone(),
+        window: p.window.clone(),
+        startup_grace: p.startup_grace.clone(),
+        restart_grace: p.restart_grace.clone(),
+    };
+    let timing = apply_timing(ctx, defaults, &overrides);
+    if timing.timeout >= timing.interval {
+        let at = at(&p.timeout)
+            .or(at(&p.interval))
+            .unwrap_or(p.name.span().start);
+        ctx.error(
+            at,
+            format!(
+                "timeout ({}) must be shorter than interval ({}): checks would overlap",
+                humantime::format_duration(timing.timeout),
+                humantime::format_duration(timing.interval)
+            ),
+        );
+    }
+
+    let http_keys = [
+        ("url", at(&p.url)),
+        ("method", at(&p.method)),
+        ("expect_status", at(&p.expect_status)),
+        ("max_latency", at(&p.max_latency)),
+        ("body_contains", at(&p.body_contains)),
+        ("body_matches", at(&p.body_matches)),
+        ("headers", at(&p.headers)),
+        ("host", at(&p.host)),
+        ("basic_auth_user", at(&p.basic_auth_user)),
+        ("basic_auth_password", at(&p.basic_auth_password)),
+        ("insecure_tls", at(&p.insecure_tls)),
+        ("max_body", at(&p.max_body)),
+    ];
+    let tcp_keys = [
+        ("address", at(&p.address)),
+        ("send", at(&p.send)),
+        ("expect", at(&p.expect)),
+    ];
+
+    let kind = p.kind.get_ref().as_str();
+    let check = match kind {
+        "http" => {
+            ctx.not_for_kind(kind, &tcp_keys);
+            CheckSpec::Http(check_http(ctx, p, &timing)?)
+        }
+        "tcp" => {
+            ctx.not_for_kind(kind, &http_keys);
+            CheckSpec::Tcp(check_tcp(ctx, p)?)
+        }
+        other => {
+            let hint = closest(other, &["http", "tcp"])
+                .map(|s| format!(" (did you mean \"{s}\"?)"))
+                .unwrap_or_default();
+            ctx.error(
+                p.kind.span().start,
+                format!("unknown probe kind \"{other}\"{hint}; known kinds: http, tcp"),
+            );
+            return None;
+        }
+    };
+    let name = p.name.get_ref().clone();
+    Some(ProbeSpec {
+        name: name.clone(),
+        interval: timing.interval,
+        timeout: timing.timeout,
+        check,
+        rules: ProbeRules {
+            probe: name,
+            policy: timing.policy,
+            rules: Vec::new(),
+        },
+    })
+}
+
+fn check_http(ctx: &mut Ctx<'_>, p: &raw::Probe, timing: &Timing) -> Option<HttpCheck> {
+    let Some(url) = &p.url else {
+        ctx.error(p.kind.span().start, "an http probe needs `url`");
+        return None;
+    };
+    let mut ok = true;
+    match reqwest::Url::parse(url.get_ref()) {
+        Ok(u) if matches!(u.scheme(), "http" | "https") && u.host().is_some() => {}
+        Ok(u) => {
+            ctx.error(
+                url.span().start,
+                format!(
+                    "`url` must be http:// or https:// with a host, not `{}`",
+                    u.scheme()
+                ),
+            );
+            ok = false;
+        }
+        Err(e) => {
+            ctx.error(
+                url.span().start,
+                format!("`url` `{}` is not a URL: {e}", url.get_ref()),
+            );
+            ok = false;
+        }
+    }
+    let method = match &p.method {
+        Some(m) => {
+            let upper = m.get_ref().to_ascii_uppercase();
+            if reqwest::Method::from_bytes(upper.as_bytes()).is_err() || upper.is_empty() {
+                ctx.error(
+                    m.span().start,
+                    format!("`method` `{}` is not an HTTP method", m.get_ref()),
+                );
+                ok = false;
+            }
+            upper
+        }
+        None => "GET".into(),
+    };
+    let expect_status = match &p.expect_status {
+        None => StatusRanges::default_ok(),
+        Some(s) => {
+            let parsed = match s.get_ref() {
+                raw::StatusSpec::One(n) => StatusRanges::parse(&n.to_string()),
+                raw::StatusSpec::Ranges(text) => StatusRanges::parse(text),
+            };
+            match parsed {
+                Ok(r) => r,
+                Err(e) => {
+                    ctx.error(s.span().start, format!("`expect_status`: {e}"));
+                    ok = false;
+                    StatusRanges::default_ok()
+                }
+            }
+        }
+    };
+    let max_latency = ctx.positive_duration("max_latency", &p.max_latency);
+    if let Some(l) = max_latency
+        && l > timing.timeout
+    {
+        ctx.warn(
+            at(&p.max_latency).unwrap_or(0),
+            format!(
+                "max_latency ({}) is longer than timeout ({}): the timeout fires first",
+                humantime::format_duration(l),
+                humantime::format_duration(timing.timeout)
+            ),
+        );
+    }
+    let body_matches = match &p.body_matches {
+        Some(r) => match regex::Regex::new(r.get_ref()) {
+            Ok(re) => Some(re),
+            Err(e) => {
+                ctx.error(
+                    r.span().start,
+                    format!("`body_matches` is not a valid regex: {e}"),
+                );
+                ok = false;
+                None
+            }
+        },
+        None => None,
+    };
+    if let Some(c) = &p.body_contains
+        && c.get_ref().is_empty()
+    {
+        ctx.error(c.span().start, "`body_contains` must not be empty");
+        ok = false;
+    }
+    let basic_auth = match (&p.basic_auth_user, &p.basic_auth_password) {
+        (Some(user), Some(password)) => match SecretRef::parse(password.get_ref()) {
+            Ok(secret) => {
+                warn_unresolvable(ctx, password.span().start, &secret);
+                Some((user.get_ref().clone(), secret))
+            }
+            Err(e) => {
+                ctx.error(password.span().start, format!("`basic_auth_password`: {e}"));
+                ok = false;
+                None
+            }
+        },
+        (None, None) => None,
+        (Some(u), None) => {
+            ctx.error(
+                u.span().start,
+                "`basic_auth_user` needs `basic_auth_password`",
+            );
+            ok = false;
+            None
+        }
+        (None, Some(pw)) => {
+            ctx.error(
+                pw.span().start,
+                "`basic_auth_password` needs `basic_auth_user`",
+            );
+            ok = false;
+            None
+        }
+    };
+    let max_body = match &p.max_body {
+        Some(text) => match parse_size(text.get_ref()) {
+            Ok(n) if n > 0 => n,
+            _ => {
+                ctx.error(
+                    text.span().start,
+                    format!(
+                        "`max_body` `{}` is not a size; write e.g. \"64KiB\", \"1MiB\"",
+                        text.get_ref()
+                    ),
+                );
+                ok = false;
+                HttpCheck::DEFAULT_MAX_BODY
+            }
+        },
+        None => HttpCheck::DEFAULT_MAX_BODY,
+    };
+    let mut headers: Vec<(String, String)> = Vec::new();
+    if let Some(h) = &p.headers {
+        for (k, v) in h.get_ref() {
+            if reqwest::header::HeaderName::from_bytes(k.as_bytes()).is_err()
+                || reqwest::header::HeaderValue::from_str(v).is_err()
+            {
+                ctx.error(
+                    h.span().start,
+                    format!("`headers`: `{k}: {v}` is not a valid HTTP header"),
+                );
+                ok = false;
+            } else if k.eq_ignore_ascii_case("host") {
+                ctx.error(
+                    h.span().start,
+                    "set the Host header with `host = \"...\"`, not in `headers`",
+                );
+                ok = false;
+            } else {
+                headers.push((k.clone(), v.clone()));
+            }
+        }
+    }
+    ok.then(|| HttpCheck {
+        method,
+        url: url.get_ref().clone(),
+        expect_status,
+        max_latency,
+        body_contains: p.body_contains.as_ref().map(|c| c.get_ref().clone()),
+        body_matches,
+        headers,
+        host: p.host.as_ref().map(|h| h.get_ref().clone()),
+        basic_auth,
+        insecure_tls: p.insecure_tls.as_ref().is_some_and(|b| *b.get_ref()),
+        max_body,
+    })
+}
+
+/// `65536`, `64KiB`, `64KB`, `1MiB`, `1M`.
+fn parse_size(text: &str) -> Result<usize, ()> {
+    let t = text.trim();
+    let split = t.find(|c: char| !c.is_ascii_digit()).unwrap_or(t.len());
+    let (num, unit) = t.split_at(split);
+    let n: usize = num.parse().map_err(|_| ())?;
+    let mult = match unit.trim().to_ascii_lowercase().as_str() {
+        "" | "b" => 1,
+        "k" | "kb" | "kib" => 1024,
+        "m" | "mb" | "mib" => 1024 * 1024,
+        _ => return Err(()),
+    };
+    n.checked_mul(mult).ok_or(())
+}
+
+fn check_tcp(ctx: &mut Ctx<'_>, p: &raw::Probe) -> Option<TcpCheck> {
+    let Some(address) = &p.address else {
+        ctx.error(
+            p.kind.span().start,
+            "a tcp probe needs `address` (host:port)",
+        );
+        return None;
+    };
+    let a = address.get_ref();
+    let port_ok = a
+        .rsplit_once(':')
+        .is_some_and(|(host, port)| !host.is_empty() && port.parse::<u16>().is_ok_and(|p| p > 0));
+    if !port_ok {
+        ctx.error(
+            address.span().start,
+            format!("`address` `{a}` is not host:port (e.g. \"127.0.0.1:22\", \"[::1]:22\")"),
+        );
+        return None;
+    }
+    if let Some(e) = &p.expect
+        && e.get_ref().is_empty()
+    {
+        ctx.error(e.span().start, "`expect` must not be empty");
+        return None;
+    }
+    Some(TcpCheck {
+        address: a.clone(),
+        send: p.send.as_ref().map(|s| s.get_ref().clone()),
+        expect: p.expect.as_ref().map(|s| s.get_ref().clone()),
+    })
+}
+
+fn warn_unresolvable(ctx: &mut Ctx<'_>, at: usize, secret: &SecretRef) {
+    if let Err(e) = secret.resolve() {
+        ctx.warn(
+            at,
+            format!("{e} here; it must be by the time the watchdog uses it"),
+        );
+    }
+}
+
+type CheckedActions = BTreeMap<String, (ActionSpec, Source, usize)>;
+
+fn check_actions(documents: &[Document], diags: &mut Diagnostics) -> CheckedActions {
+    let mut out = CheckedActions::new();
+    let mut seen: BTreeMap<String, (PathBuf, usize)> = BTreeMap::new();
+    for doc in documents {
+        for (name, item) in &doc.actions {
+            let mut ctx = Ctx {
+                source: &doc.source,
+                subject: Some(format!("action \"{}\"", name.get_ref())),
+                diags,
+            };
+            if let Some((file, line)) = seen.get(name.get_ref()) {
+                ctx.error(
+                    name.span().start,
+                    format!(
+                        "duplicate action name: already defined at {}:{line}",
+                        file.display()
+                    ),
+                );
+                continue;
+            }
+            let (line, _) = doc.source.line_col(name.span().start);
+            seen.insert(name.get_ref().clone(), (doc.source.path.clone(), line));
+            if let Some(spec) = check_action(&mut ctx, &item.value) {
+                out.insert(name.get_ref().clone(), (spec, doc.source.clone(), item.at));
+            }
+        }
+    }
+    out
+}
+
+fn check_argv(ctx: &mut Ctx<'_>, key: &str, argv: &Spanned<Vec<Text>>) -> Option<Vec<String>> {
+    let Some(program) = argv.get_ref().first() else {
+        ctx.error(
+            argv.span().start,
+            format!("`{key}` must name a program: [\"/path/to/program\", \"arg\", ...]"),
+        );
+        return None;
+    };
+    let p = program.get_ref();
+    if p.is_empty() {
+        ctx.error(
+            program.span().start,
+            format!("`{key}`: the program name is empty"),
+        );
+        return None;
+    }
+    if p.starts_with('/') && !std::path::Path::new(p).exists() {
+        ctx.warn(
+            program.span().start,
+            format!("`{key}`: {p} does not exist on this machine"),
+        );
+    } else if !p.contains('/') && !p.contains(' ') && which(p).is_none() {
+        ctx.warn(
+            program.span().start,
+            format!("`{key}`: `{p}` is not in PATH on this machine"),
+        );
+    }
+    if p.contains(' ') && argv.get_ref().len() == 1 {
+        ctx.warn(
+            program.span().start,
+            format!("`{key}`: commands run without a shell; split `{p}` into [\"program\", \"arg\", ...]"),
+        );
+    }
+    Some(argv.get_ref().iter().map(|a| a.get_ref().clone()).collect())
+}
+
+fn which(program: &str) -> Option<PathBuf> {
+    std::env::var_os("PATH")?
+        .to_str()?
+        .split(':')
+        .map(|dir| PathBuf::from(dir).join(program))
+        .find(|p| p.is_file())
+}
+
+fn check_action(ctx: &mut Ctx<'_>, a: &raw::Action) -> Option<ActionSpec> {
+    let command_keys = [("command", at(&a.command))];
+    let signal_keys = [
+        ("pidfile", at(&a.pidfile)),
+        ("signal", at(&a.signal)),
+        ("kill_after", at(&a.kill_after)),
+        ("start", at(&a.start)),
+    ];
+    let webhook_keys = [("url", at(&a.url)), ("token", at(&a.token))];
+    let kind = a.kind.get_ref().as_str();
+    match kind {
+        "command" => {
+            ctx.not_for_kind(kind, &signal_keys);
+            ctx.not_for_kind(kind, &webhook_keys);
+            let timeout = ctx
+                .positive_duration("timeout", &a.timeout)
+                .unwrap_or(CommandAction::DEFAULT_TIMEOUT);
+            let Some(argv) = &a.command else {
+                ctx.error(
+                    a.kind.span().start,
+                    "a command action needs `command = [\"/path/to/program\", \"arg\", ...]`",
+                );
+                return None;
+            };
+            let argv = check_argv(ctx, "command", argv)?;
+            Some(ActionSpec::Command(CommandAction { argv, timeout }))
+        }
+        "signal" => {
+            ctx.not_for_kind(kind, &command_keys);
+            ctx.not_for_kind(kind, &webhook_keys);
+            let Some(pidfile) = &a.pidfile else {
+                ctx.error(a.kind.span().start, "a signal action needs `pidfile`");
+                return None;
+            };
+            if !pidfile.get_ref().starts_with('/') {
+                ctx.error(pidfile.span().start, "`pidfile` must be an absolute path");
+            }
+            let signal = match &a.signal {
+                None => Some(nix::sys::signal::Signal::SIGTERM),
+                Some(s) => {
+                    let name = s.get_ref().trim().to_ascii_uppercase();
+                    let full = if name.starts_with("SIG") {
+                        name
+                    } else {
+                        format!("SIG{name}")
+                    };
+                    match full.parse::<nix::sys::signal::Signal>() {
+                        Ok(sig) => Some(sig),
+                        Err(_) => {
+                            ctx.error(s.span().start, format!("`signal` `{}` is not a signal name (e.g. \"TERM\", \"INT\", \"HUP\")", s.get_ref()));
+                            None
+                        }
+                    }
+                }
+            };
+            let kill_after = ctx
+                .duration("kill_after", &a.kill_after)
+                .unwrap_or(SignalAction::DEFAULT_KILL_AFTER);
+            let timeout = ctx
+                .positive_duration("timeout", &a.timeout)
+                .unwrap_or(CommandAction::DEFAULT_TIMEOUT);
+            let start = match &a.start {
+                Some(argv) => Some(check_argv(ctx, "start", argv)?),
+                None => None,
+            };
+            if !pidfile.get_ref().starts_with('/') {
+                return None;
+            }
+            Some(ActionSpec::Signal(SignalAction {
+                pidfile: PathBuf::from(pidfile.get_ref()),
+                signal: signal?,
+                kill_after,
+                start,
+                timeout,
+            }))
+        }
+        "webhook" => {
+            ctx.not_for_kind(kind, &command_keys);
+            ctx.not_for_kind(kind, &signal_keys);
+            let timeout = ctx
+                .positive_duration("timeout", &a.timeout)
+                .unwrap_or(WebhookAction::DEFAULT_TIMEOUT);
+            let Some(url) = &a.url else {
+                ctx.error(a.kind.span().start, "a webhook action needs `url`");
+                return None;
+            };
+            match reqwest::Url::parse(url.get_ref()) {
+                Ok(u) if matches!(u.scheme(), "http" | "https") => {}
+                _ => {
+                    ctx.error(
+                        url.span().start,
+                        format!("`url` `{}` is not an http(s) URL", url.get_ref()),
+                    );
+                    return None;
+                }
+            }
+            let token = match &a.token {
+                Some(t) => match SecretRef::parse(t.get_ref()) {
+                    Ok(secret) => {
+                        warn_unresolvable(ctx, t.span().start, &secret);
+                        Some(secret)
+                    }
+                    Err(e) => {
+                        ctx.error(t.span().start, format!("`token`: {e}"));
+                        return None;
+                    }
+                },
+                None => None,
+            };
+            Some(ActionSpec::Webhook(WebhookAction {
+                url: url.get_ref().clone(),
+                token,
+                timeout,
+            }))
+        }
+        other => {
+            let hint = closest(other, &["command", "signal", "webhook"])
+                .map(|s| format!(" (did you mean \"{s}\"?)"))
+                .unwrap_or_default();
+            ctx.error(
+                a.kind.span().start,
+                format!(
+                    "unknown action kind \"{other}\"{hint}; known kinds: command, signal, webhook"
+                ),
+            );
+            None
+        }
+    }
+}
+
+fn check_rules(
+    documents: &[Document],
+    probes: &mut [Checked<ProbeSpec>],
+    actions: &CheckedActions,
+    diags: &mut Diagnostics,
+) {
+    let probe_names: Vec<String> = probes.iter().map(|(p, _)| p.name.clone()).collect();
+    // Declared names, valid or not: an action with its own errors is not also "unknown".
+    let declared: Vec<&str> = documents
+        .iter()
+        .flat_map(|d| d.actions.iter().map(|(n, _)| n.get_ref().as_str()))
+        .collect();
+    // (probe, trigger text, actions) -> line of the first rule, to spot rules that add nothing.
+    let mut seen: BTreeMap<(String, String, Vec<String>), usize> = BTreeMap::new();
+    for doc in documents {
+        for item in &doc.rules {
+            let r = &item.value;
+            let probe_name = r.probe.get_ref();
+            let mut ctx = Ctx {
+                source: &doc.source,
+                subject: Some(format!("rule for probe \"{probe_name}\"")),
+                diags,
+            };
+            let mut ok = true;
+
+            let probe_index = probe_names.iter().position(|n| n == probe_name);
+            if probe_index.is_none() {
+                let candidates: Vec<&str> = probe_names.iter().map(String::as_str).collect();
+                let hint = closest(probe_name, &candidates)
+                    .map(|s| format!(" (did you mean \"{s}\"?)"))
+                    .unwrap_or_default();
+                ctx.error(
+                    r.probe.span().start,
+                    format!("no probe is named \"{probe_name}\"{hint}: this rule can never fire"),
+                );
+                ok = false;
+            }
+            let trigger = match parse_trigger(r.when.get_ref()) {
+                Ok(t) => Some(t),
+                Err(e) => {
+                    ctx.error(r.when.span().start, format!("`when`: {e}"));
+                    None
+                }
+            };
+            if r.actions.get_ref().is_empty() {
+                ctx.error(
+                    r.actions.span().start,
+                    "`do` is empty: name at least one action",
+                );
+                ok = false;
+            }
+            let mut refs = Vec::new();
+            for name in r.actions.get_ref() {
+                match actions.get(name.get_ref()) {
+                    Some((spec, _, _)) => refs.push(ActionRef {
+                        name: name.get_ref().clone(),
+                        role: spec.role(),
+                    }),
+                    None if declared.contains(&name.get_ref().as_str()) => ok = false,
+                    None => {
+                        let hint = closest(name.get_ref(), &declared)
+                            .map(|s| format!(" (did you mean \"{s}\"?)"))
+                            .unwrap_or_default();
+                        ctx.error(
+                            name.span().start,
+                            format!("unknown action \"{}\"{hint}", name.get_ref()),
+                        );
+                        ok = false;
+                    }
+                }
+            }
+            let budget = match &r.budget {
+                Some(b) => match parse_budget(b.get_ref()) {
+                    Ok(budget) => Some(budget),
+                    Err(e) => {
+                        ctx.error(b.span().start, format!("`budget`: {e}"));
+                        ok = false;
+                        None
+                    }
+                },
+                None => None,
+            };
+            let (Some(trigger), Some(probe_index), true) = (trigger, probe_index, ok) else {
+                continue;
+            };
+            let has_remedy = refs.iter().any(|a| a.role == crate::rules::Role::Remedy);
+            if budget.is_some() && !has_remedy {
+                ctx.warn(
+                    at(&r.budget).unwrap_or(item.at),
+                    "`budget` limits remedies, but this rule only pages",
+                );
+            }
+            // No restart storms, ever: a remedy always has a budget, the default if unset.
+            let budget = budget.or(has_remedy.then_some(Budget::DEFAULT));
+            let key = (
+                probe_name.clone(),
+                trigger.to_string(),
+                r.actions
+                    .get_ref()
+                    .iter()
+                    .map(|a| a.get_ref().clone())
+                    .collect(),
+            );
+            let (line, _) = doc.source.line_col(item.at);
+            if let Some(first) = seen.get(&key) {
+                ctx.warn(
+                    r.when.span().start,
+                    format!(
+                        "this rule repeats the rule on line {first} and can never add anything"
+                    ),
+                );
+                continue;
+            }
+            seen.insert(key, line);
+            probes[probe_index].0.rules.rules.push(Rule {
+                trigger,
+                actions: refs,
+                budget,
+            });
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn small_grammars() {
+        assert_eq!(parse_window("3 of 5"), Ok(Window { failures: 3, of: 5 }));
+        assert!(parse_window("6 of 5").is_err());
+        assert!(parse_window("0 of 5").is_err());
+        assert!(parse_window("3 of 65").is_err());
+        assert_eq!(parse_trigger("down"), Ok(Trigger::Down));
+        assert_eq!(
+            parse_trigger("down for 60s"),
+            Ok(Trigger::DownFor(Duration::from_secs(60)))
+        );
+        assert_eq!(parse_trigger("up"), Ok(Trigger::Up));
+        assert!(parse_trigger("sideways").is_err());
+        assert_eq!(
+            parse_budget("3 per 15m"),
+            Ok(Budget {
+                max: 3,
+                per: Duration::from_secs(900)
+            })
+        );
+        assert!(parse_budget("0 per 15m").is_err());
+        assert!(parse_budget("three per week").is_err());
+        assert_eq!(parse_size("64KiB"), Ok(65536));
+        assert_eq!(parse_size("1M"), Ok(1 << 20));
+        assert!(parse_size("lots").is_err());
+    }
+}

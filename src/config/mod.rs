@@ -1,0 +1,235 @@
+//! Configuration: TOML files in, a checked [`Config`] (or every problem with it) out.
+//!
+//! - `raw`: serde types mirroring the TOML as written, with positions;
+//! - `load`: reads the main file and its includes, and deserializes item by item so one bad
+//!   probe does not hide the problems of the next;
+//! - `check`: semantic checks (durations, thresholds, references between rules, probes and
+//!   actions) that build the typed config below;
+//! - `diagnostic`: `file:line:col: probe "name": message`, errors and warnings apart;
+//! - `secret`: `env:`/`file:` references, so tokens never sit in config files or logs.
+//!
+//! The typed config is plain data; runtime objects (HTTP clients, pagers) are built from it by
+//! `crate::probe` and `crate::action`.
+
+mod check;
+pub mod diagnostic;
+mod load;
+pub mod raw;
+pub mod secret;
+
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+use std::time::Duration;
+
+pub use diagnostic::{Diagnostic, Diagnostics, Severity};
+pub use load::load;
+pub use secret::SecretRef;
+
+use crate::rules::{ProbeRules, Role};
+
+/// Exit code for a bad config (sysexits.h `EX_CONFIG`).
+pub const EX_CONFIG: i32 = 78;
+
+/// A checked configuration, ready to run.
+#[derive(Debug, Clone)]
+pub struct Config {
+    /// The main file first, then the included files in the order they were read.
+    pub files: Vec<PathBuf>,
+    pub watchdog: WatchdogSettings,
+    pub probes: Vec<ProbeSpec>,
+    pub actions: BTreeMap<String, ActionSpec>,
+}
+
+impl Config {
+    pub fn probe(&self, name: &str) -> Option<&ProbeSpec> {
+        self.probes.iter().find(|p| p.name == name)
+    }
+}
+
+#[derive(Debug, Clone)]
+pub struct WatchdogSettings {
+    pub state_dir: PathBuf,
+    pub dry_run: bool,
+    /// At most this many checks run at once, whatever the number of probes.
+    pub max_in_flight: usize,
+    pub hostname: String,
+}
+
+impl WatchdogSettings {
+    pub const DEFAULT_STATE_DIR: &str = "/var/lib/uptime-watchdog";
+    pub const DEFAULT_MAX_IN_FLIGHT: usize = 256;
+}
+
+/// One probe: what to check, how often, and what its rules do.
+#[derive(Debug, Clone)]
+pub struct ProbeSpec {
+    pub name: String,
+    pub interval: Duration,
+    pub timeout: Duration,
+    pub check: CheckSpec,
+    /// Health policy and rules, for the pure engine.
+    pub rules: ProbeRules,
+}
+
+/// The probe kinds: a closed enum, so adding one makes the compiler list every place to update.
+#[derive(Debug, Clone)]
+pub enum CheckSpec {
+    Http(HttpCheck),
+    Tcp(TcpCheck),
+}
+
+impl CheckSpec {
+    pub fn kind(&self) -> &'static str {
+        match self {
+            CheckSpec::Http(_) => "http",
+            CheckSpec::Tcp(_) => "tcp",
+        }
+    }
+}
+
+#[derive(Debug, Clone)]
+pub struct HttpCheck {
+    pub method: String,
+    pub url: String,
+    pub expect_status: StatusRanges,
+    pub max_latency: Option<Duration>,
+    pub body_contains: Option<String>,
+    pub body_matches: Option<regex::Regex>,
+    pub headers: Vec<(String, String)>,
+    /// Sent as the `Host` header: the vhost behind a proxy.
+    pub host: Option<String>,
+    pub basic_auth: Option<(String, SecretRef)>,
+    pub insecure_tls: bool,
+    /// At most this much of the body is read.
+    pub max_body: usize,
+}
+
+impl HttpCheck {
+    pub const DEFAULT_MAX_BODY: usize = 64 * 1024;
+}
+
+/// Accepted HTTP statuses: a list of inclusive ranges.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct StatusRanges(pub Vec<(u16, u16)>);
+
+impl StatusRanges {
+    pub fn default_ok() -> Self {
+        StatusRanges(vec![(200, 399)])
+    }
+
+    pub fn contains(&self, status: u16) -> bool {
+        self.0.iter().any(|(lo, hi)| (*lo..=*hi).contains(&status))
+    }
+
+    /// Parses `"200-399"`, `"200,204,300-302"`.
+    pub fn parse(text: &str) -> Result<Self, String> {
+        let mut ranges = Vec::new();
+        for part in text.split(',').map(str::trim) {
+            let (lo, hi) = match part.split_once('-') {
+                Some((lo, hi)) => (lo.trim(), hi.trim()),
+                None => (part, part),
+            };
+            let parse = |s: &str| -> Result<u16, String> {
+                s.parse::<u16>()
+                    .ok()
+                    .filter(|c| (100..=599).contains(c))
+                    .ok_or_else(|| format!("`{s}` is not an HTTP status (100-599)"))
+            };
+            let (lo, hi) = (parse(lo)?, parse(hi)?);
+            if lo > hi {
+                return Err(format!("range `{part}` is empty ({lo} > {hi})"));
+            }
+            ranges.push((lo, hi));
+        }
+        Ok(StatusRanges(ranges))
+    }
+}
+
+impl std::fmt::Display for StatusRanges {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        for (i, (lo, hi)) in self.0.iter().enumerate() {
+            if i > 0 {
+                f.write_str(",")?;
+            }
+            if lo == hi {
+                write!(f, "{lo}")?;
+            } else {
+                write!(f, "{lo}-{hi}")?;
+            }
+        }
+        Ok(())
+    }
+}
+
+#[derive(Debug, Clone)]
+pub struct TcpCheck {
+    /// `host:port`, resolved at each check.
+    pub address: String,
+    pub send: Option<String>,
+    pub expect: Option<String>,
+}
+
+/// What an action does.
+#[derive(Debug, Clone)]
+pub enum ActionSpec {
+    Command(CommandAction),
+    Signal(SignalAction),
+    Webhook(WebhookAction),
+}
+
+impl ActionSpec {
+    pub fn kind(&self) -> &'static str {
+        match self {
+            ActionSpec::Command(_) => "command",
+            ActionSpec::Signal(_) => "signal",
+            ActionSpec::Webhook(_) => "webhook",
+        }
+    }
+
+    pub fn role(&self) -> Role {
+        match self {
+            ActionSpec::Command(_) | ActionSpec::Signal(_) => Role::Remedy,
+            ActionSpec::Webhook(_) => Role::Page,
+        }
+    }
+}
+
+/// Runs an argv (never through a shell) with the incident in its environment.
+#[derive(Debug, Clone)]
+pub struct CommandAction {
+    pub argv: Vec<String>,
+    pub timeout: Duration,
+}
+
+impl CommandAction {
+    pub const DEFAULT_TIMEOUT: Duration = Duration::from_secs(30);
+}
+
+/// Signals the process in a pidfile, escalates to SIGKILL, then optionally starts it again.
+#[derive(Debug, Clone)]
+pub struct SignalAction {
+    pub pidfile: PathBuf,
+    pub signal: nix::sys::signal::Signal,
+    /// How long to wait for the process to exit before SIGKILL.
+    pub kill_after: Duration,
+    pub start: Option<Vec<String>>,
+    /// Timeout of the start command.
+    pub timeout: Duration,
+}
+
+impl SignalAction {
+    pub const DEFAULT_KILL_AFTER: Duration = Duration::from_secs(5);
+}
+
+/// POSTs the incident as JSON; again when it resolves. Retried in the background.
+#[derive(Debug, Clone)]
+pub struct WebhookAction {
+    pub url: String,
+    pub token: Option<SecretRef>,
+    /// Per attempt.
+    pub timeout: Duration,
+}
+
+impl WebhookAction {
+    pub const DEFAULT_TIMEOUT: Duration = Duration::from_secs(5);
+}

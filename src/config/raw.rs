@@ -1,0 +1,119 @@
+//! The config as written: serde types that mirror the TOML one to one.
+//!
+//! Every struct denies unknown fields. Values that need checking beyond their TOML type
+//! (durations, counts, kinds, URLs) stay as `Spanned` text or numbers here, so that the checker
+//! (`super::check`) can report *every* bad value with its position instead of serde stopping at
+//! the first. Nothing here is used at run time: `super::check` builds the typed config.
+
+use std::collections::BTreeMap;
+
+use serde::Deserialize;
+use toml::Spanned;
+
+pub type Text = Spanned<String>;
+pub type Count = Spanned<i64>;
+
+/// `[watchdog]`: settings of the daemon itself. Only in the main file.
+#[derive(Debug, Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+pub struct Watchdog {
+    pub state_dir: Option<Text>,
+    pub dry_run: Option<bool>,
+    /// Globs, relative to the main file's directory: `["conf.d/*.toml"]`.
+    pub include: Option<Vec<Text>>,
+    pub max_in_flight: Option<Count>,
+    /// The name pages and env vars give this host; defaults to the kernel's hostname.
+    pub hostname: Option<Text>,
+}
+
+/// `[defaults]`: the probe settings every probe inherits unless it sets its own.
+#[derive(Debug, Deserialize, Default, Clone)]
+#[serde(deny_unknown_fields)]
+pub struct Timing {
+    pub interval: Option<Text>,
+    pub timeout: Option<Text>,
+    pub fail_after: Option<Count>,
+    pub recover_after: Option<Count>,
+    /// `"3 of 5"`: down when 3 of the last 5 checks failed.
+    pub window: Option<Text>,
+    pub startup_grace: Option<Text>,
+    pub restart_grace: Option<Text>,
+}
+
+/// One `[[probe]]`. A flat struct rather than a serde-tagged enum: a tagged enum buffers its
+/// content and loses the positions we report errors at. `super::check` turns it into the closed
+/// enum [`super::CheckSpec`] and rejects fields that do not belong to the kind.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Probe {
+    pub name: Text,
+    pub kind: Text,
+
+    // Timing overrides (same meaning as in [defaults]).
+    pub interval: Option<Text>,
+    pub timeout: Option<Text>,
+    pub fail_after: Option<Count>,
+    pub recover_after: Option<Count>,
+    pub window: Option<Text>,
+    pub startup_grace: Option<Text>,
+    pub restart_grace: Option<Text>,
+
+    // http
+    pub url: Option<Text>,
+    pub method: Option<Text>,
+    pub expect_status: Option<Spanned<StatusSpec>>,
+    pub max_latency: Option<Text>,
+    pub body_contains: Option<Text>,
+    pub body_matches: Option<Text>,
+    pub headers: Option<Spanned<BTreeMap<String, String>>>,
+    pub host: Option<Text>,
+    pub basic_auth_user: Option<Text>,
+    pub basic_auth_password: Option<Text>,
+    pub insecure_tls: Option<Spanned<bool>>,
+    pub max_body: Option<Text>,
+
+    // tcp
+    pub address: Option<Text>,
+    pub send: Option<Text>,
+    pub expect: Option<Text>,
+}
+
+/// `expect_status = 200`, `"200-399"`, or `"200,204,300-399"`.
+#[derive(Debug, Deserialize, Clone)]
+#[serde(untagged)]
+pub enum StatusSpec {
+    One(i64),
+    Ranges(String),
+}
+
+/// One `[[rule]]`.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Rule {
+    pub probe: Text,
+    pub when: Text,
+    #[serde(rename = "do")]
+    pub actions: Spanned<Vec<Text>>,
+    pub budget: Option<Text>,
+}
+
+/// One `[action.NAME]`; like [`Probe`], flat and checked per kind later.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Action {
+    pub kind: Text,
+    pub timeout: Option<Text>,
+
+    // command
+    pub command: Option<Spanned<Vec<Text>>>,
+
+    // signal
+    pub pidfile: Option<Text>,
+    pub signal: Option<Text>,
+    pub kill_after: Option<Text>,
+    pub start: Option<Spanned<Vec<Text>>>,
+
+    // webhook
+    pub url: Option<Text>,
+    pub token: Option<Text>,
+}

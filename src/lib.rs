@@ -1,0 +1,27 @@
+//! uptime-watchdog: probes services, decides with a pure rule engine, and acts — restarts,
+//! signals, pages — before a human has to.
+//!
+//! # Layout
+//! - [`config`]: TOML in, a checked [`config::Config`] or every problem with it out.
+//! - [`clock`]: the boot-time clock every timestamp is on.
+//! - [`health`]: pure hysteresis, ok/fail observations to up/down.
+//! - [`rules`]: the pure rule engine, observations to [`rules::Effect`]s (remedies, pages).
+//! - [`probe`]: the checks that do I/O (`http`, `tcp`), each a value in, an [`probe::Outcome`] out.
+//! - [`action`]: the effects: commands, signals, webhook pages.
+//! - [`daemon`]: `watchdog run`, one task per probe, the engine in one task, actions spawned.
+//! - [`check`]: `watchdog check`, the one-shot for cron and container health checks.
+//! - [`state`]: the engine state `check` keeps between runs.
+//! - [`logging`]: tracing to stderr, JSON or journald.
+//! - [`cli`]: the command line.
+
+pub mod action;
+pub mod check;
+pub mod cli;
+pub mod clock;
+pub mod config;
+pub mod daemon;
+pub mod health;
+pub mod logging;
+pub mod probe;
+pub mod rules;
+pub mod state;

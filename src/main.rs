@@ -1,0 +1,126 @@
+//! The `watchdog` binary: parses the command line and hands over to the library.
+
+use std::process::ExitCode;
+
+use clap::Parser;
+use uptime_watchdog::cli::{Cli, Command};
+use uptime_watchdog::config::{self, Diagnostics, EX_CONFIG};
+use uptime_watchdog::{check, daemon, logging, probe};
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    logging::init(cli.log_format, if cli.verbose { "debug" } else { "info" });
+    probe::HttpClients::install_crypto_provider();
+    // One thread: probes are I/O-bound, and a single-threaded runtime keeps memory small.
+    let runtime = match tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(r) => r,
+        Err(e) => {
+            eprintln!("watchdog: cannot start the runtime: {e}");
+            return ExitCode::from(70);
+        }
+    };
+    let code = runtime.block_on(async_main(cli));
+    ExitCode::from(code as u8)
+}
+
+fn print_diagnostics(diags: &Diagnostics) {
+    let report = diags.report();
+    if !report.is_empty() {
+        eprint!("{report}");
+    }
+}
+
+async fn async_main(cli: Cli) -> i32 {
+    match cli.command {
+        Command::Validate { config } => match config::load(&config) {
+            Ok((cfg, warnings)) => {
+                print_diagnostics(&warnings);
+                println!(
+                    "{}: valid: {} probes, {} rules, {} actions ({} files)",
+                    config.display(),
+                    cfg.probes.len(),
+                    cfg.probes
+                        .iter()
+                        .map(|p| p.rules.rules.len())
+                        .sum::<usize>(),
+                    cfg.actions.len(),
+                    cfg.files.len()
+                );
+                0
+            }
+            Err(diags) => {
+                print_diagnostics(&diags);
+                EX_CONFIG
+            }
+        },
+        Command::Check {
+            config,
+            probes,
+            json,
+            dry_run,
+        } => {
+            let cfg = match config::load(&config) {
+                Ok((cfg, warnings)) => {
+                    print_diagnostics(&warnings);
+                    cfg
+                }
+                Err(diags) => {
+                    print_diagnostics(&diags);
+                    return EX_CONFIG;
+                }
+            };
+            match check::run(cfg, &probes, dry_run).await {
+                Ok(report) => {
+                    if json {
+                        println!(
+                            "{}",
+                            serde_json::to_string_pretty(&report).unwrap_or_default()
+                        );
+                    } else {
+                        print!("{}", report.table());
+                    }
+                    report.exit_code()
+                }
+                Err(e) => {
+                    eprintln!("watchdog check: {e}");
+                    1
+                }
+            }
+        }
+        Command::Run { config, dry_run } => {
+            let cfg = match config::load(&config) {
+                Ok((cfg, warnings)) => {
+                    for w in warnings.warnings() {
+                        tracing::warn!("config: {w}");
+                    }
+                    cfg
+                }
+                Err(diags) => {
+                    print_diagnostics(&diags);
+                    return EX_CONFIG;
+                }
+            };
+            daemon::run(cfg, daemon::RunOptions { dry_run }, shutdown_signal()).await;
+            0
+        }
+    }
+}
+
+/// Completes on SIGTERM or SIGINT.
+async fn shutdown_signal() {
+    use tokio::signal::unix::{SignalKind, signal};
+    let (Ok(mut term), Ok(mut int)) = (
+        signal(SignalKind::terminate()),
+        signal(SignalKind::interrupt()),
+    ) else {
+        tracing::error!("cannot install signal handlers; stop with SIGKILL");
+        return std::future::pending().await;
+    };
+    tokio::select! {
+        _ = term.recv() => tracing::info!("SIGTERM"),
+        _ = int.recv() => tracing::info!("SIGINT"),
+    }
+}

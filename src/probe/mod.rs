@@ -1,0 +1,161 @@
+//! Probes: the checks that do I/O. Each is built once from a [`CheckSpec`] and then run again
+//! and again; a run is a value in (the timeout), an [`Outcome`] out — never an error, never a
+//! panic: whatever the target does, the outcome says it in one human line.
+//!
+//! - `http`: a request on a fresh connection, status, latency and a bounded read of the body;
+//! - `tcp`: a connect, optionally a banner exchange.
+//!
+//! The hard timeout is applied here, around the whole check, so no target can hold a probe
+//! task (and its slot among the in-flight checks) longer than `timeout`.
+
+mod http;
+mod tcp;
+
+use std::sync::Mutex;
+use std::time::{Duration, Instant};
+
+use crate::config::CheckSpec;
+
+pub use http::HttpClients;
+
+/// The result of one check.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Outcome {
+    pub ok: bool,
+    pub latency: Duration,
+    /// "HTTP 504 in 12 ms", "connect timeout after 2s", "body lacks 'BusyWorkers'".
+    pub reason: String,
+}
+
+impl Outcome {
+    pub fn ok(latency: Duration, reason: impl Into<String>) -> Self {
+        Outcome {
+            ok: true,
+            latency,
+            reason: reason.into(),
+        }
+    }
+
+    pub fn fail(latency: Duration, reason: impl Into<String>) -> Self {
+        Outcome {
+            ok: false,
+            latency,
+            reason: reason.into(),
+        }
+    }
+}
+
+/// A runnable probe.
+#[derive(Debug)]
+pub enum Probe {
+    Http(http::HttpProbe),
+    Tcp(tcp::TcpProbe),
+}
+
+impl Probe {
+    pub fn build(spec: &CheckSpec, clients: &mut HttpClients) -> Probe {
+        match spec {
+            CheckSpec::Http(c) => Probe::Http(http::HttpProbe::new(c.clone(), clients)),
+            CheckSpec::Tcp(c) => Probe::Tcp(tcp::TcpProbe::new(c.clone())),
+        }
+    }
+
+    /// Runs the check once, within `timeout`.
+    pub async fn run(&self, timeout: Duration) -> Outcome {
+        let started = Instant::now();
+        // The check records what it is waiting for, so a timeout can say "waiting for the
+        // banner" rather than just "timeout".
+        let phase = Phase::default();
+        let result = {
+            let check = async {
+                match self {
+                    Probe::Http(p) => p.check(&phase, started).await,
+                    Probe::Tcp(p) => p.check(&phase, started).await,
+                }
+            };
+            tokio::time::timeout(timeout, check).await
+        };
+        match result {
+            Ok(outcome) => outcome,
+            Err(_) => Outcome::fail(
+                started.elapsed(),
+                format!("timeout after {} ({})", human(timeout), phase.get()),
+            ),
+        }
+    }
+}
+
+/// What a check is waiting for, readable after the check was cancelled by its timeout.
+/// (A `Mutex`, not a `Cell`: the check future must be `Send`.)
+#[derive(Debug)]
+pub struct Phase(Mutex<&'static str>);
+
+impl Default for Phase {
+    fn default() -> Self {
+        Phase(Mutex::new("connecting"))
+    }
+}
+
+impl Phase {
+    pub fn set(&self, what: &'static str) {
+        *self.0.lock().unwrap_or_else(|e| e.into_inner()) = what;
+    }
+
+    pub fn get(&self) -> &'static str {
+        *self.0.lock().unwrap_or_else(|e| e.into_inner())
+    }
+}
+
+/// `12 ms`, `1.5 s`: short and stable for reasons and logs.
+pub fn human(d: Duration) -> String {
+    let ms = d.as_secs_f64() * 1000.0;
+    if ms < 1000.0 {
+        format!("{} ms", ms.round() as u64)
+    } else if d.subsec_millis() == 0 {
+        format!("{} s", d.as_secs())
+    } else {
+        format!("{:.1} s", ms / 1000.0)
+    }
+}
+
+/// The innermost cause of an error: "Connection refused (os error 111)" rather than reqwest's
+/// "error sending request for url (...)".
+pub(crate) fn root_cause(e: &(dyn std::error::Error + 'static)) -> String {
+    let mut cur = e;
+    while let Some(next) = cur.source() {
+        cur = next;
+    }
+    cur.to_string()
+}
+
+/// Text for reasons: at most `max` chars, control characters escaped.
+pub(crate) fn snippet(bytes: &[u8], max: usize) -> String {
+    let text = String::from_utf8_lossy(bytes);
+    let mut out: String = text
+        .chars()
+        .take(max)
+        .flat_map(char::escape_debug)
+        .collect();
+    if text.chars().count() > max {
+        out.push('…');
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn human_durations() {
+        assert_eq!(human(Duration::from_micros(2400)), "2 ms");
+        assert_eq!(human(Duration::from_secs(2)), "2 s");
+        assert_eq!(human(Duration::from_millis(1500)), "1.5 s");
+    }
+
+    #[test]
+    fn snippets_escape_and_truncate() {
+        assert_eq!(snippet(b"ab\x00\ncd", 10), "ab\\0\\ncd");
+        assert_eq!(snippet(b"abcdef", 3), "abc…");
+    }
+}
