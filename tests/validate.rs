@@ -1,0 +1,141 @@
+//! `watchdog validate` against the real binary: every problem at once, each naming file, line,
+//! column and probe; exit 78 on errors, 0 with warnings only.
+
+mod common;
+
+use common::{TempDir, watchdog};
+
+const BROKEN: &str = r#"[watchdog]
+state_dir = "state"
+include = ["conf.d/*.toml"]
+
+[defaults]
+interval = "5s"
+timeout = "2 parsecs"
+fail_after = 0
+
+[[probe]]
+name = "apache"
+kind = "http"
+url = "http://127.0.0.1:8080/"
+intreval = "1s"
+body_contains = "BusyWorkers"
+
+[[probe]]
+name = "apache"
+kind = "tcp"
+address = "127.0.0.1:80"
+timeout = "10s"
+
+[[rule]]
+probe = "apache"
+when = "down"
+do = ["restart-apach"]
+
+[action.restart-apache]
+kind = "signal"
+pidfile = "/run/apache2.pid"
+
+[action.page]
+kind = "webhook"
+url = "http://127.0.0.1:9/"
+token = "hunter2"
+"#;
+
+const INCLUDED: &str = r#"[[probe]]
+name = "ssh"
+kind = "tcp"
+address = "127.0.0.1:22"
+expct = "SSH-2.0"
+"#;
+
+#[test]
+fn every_problem_in_one_run_with_file_line_and_probe() {
+    let dir = TempDir::new("validate");
+    let main = dir.write("watchdog.toml", BROKEN);
+    let included = dir.write("conf.d/ssh.toml", INCLUDED);
+    let (code, _, stderr) = watchdog(&["validate", "--config", main.to_str().unwrap()]);
+    assert_eq!(code, 78, "EX_CONFIG expected:\n{stderr}");
+
+    let m = main.display().to_string();
+    let i = included.display().to_string();
+    let expected = [
+        format!("{m}:7:11: [defaults]: `timeout`: `2 parsecs` is not a duration"),
+        format!("{m}:8:14: [defaults]: `fail_after` must be at least 1 (got 0)"),
+        format!("{m}:14:1: probe \"apache\": unknown key `intreval` (did you mean `interval`?)"),
+        format!("{m}:18:8: probe \"apache\": duplicate probe name: already defined at {m}:11"),
+        format!("{m}:21:11: probe \"apache\": timeout (10s) must be shorter than interval (5s)"),
+        format!("{m}:26:7: rule for probe \"apache\": unknown action \"restart-apach\" (did you mean \"restart-apache\"?)"),
+        format!("{m}:35:9: action \"page\": `token`: secrets are given by reference only"),
+        // deny_unknown_fields holds in included files too, with their own path.
+        format!("{i}:5:1: probe \"ssh\": unknown key `expct` (did you mean `expect`?)"),
+    ];
+    for want in &expected {
+        assert!(stderr.lines().any(|l| l.trim_start().starts_with(want.as_str())), "missing `{want}` in:\n{stderr}");
+    }
+    // Errors and warnings are reported apart, errors first.
+    let errors_at = stderr.find(" errors:").expect("an errors section");
+    let warnings_at = stderr.find(" warning").expect("a warnings section");
+    assert!(errors_at < warnings_at, "{stderr}");
+    assert!(stderr.contains("no rule uses this action"), "{stderr}");
+}
+
+#[test]
+fn deny_unknown_fields_in_every_section() {
+    let dir = TempDir::new("unknown");
+    let cases = [
+        ("[watchdog]\nstate_dri = \"x\"\n", "unknown key `state_dri` (did you mean `state_dir`?)"),
+        ("[defaults]\nintervall = \"5s\"\n", "unknown key `intervall` (did you mean `interval`?)"),
+        ("[[probe]]\nname = \"a\"\nkind = \"tcp\"\naddress = \"127.0.0.1:1\"\nfail_afterr = 2\n", "unknown key `fail_afterr`"),
+        ("[[rule]]\nprobe = \"a\"\nwhen = \"down\"\ndo = []\nbugdet = \"1 per 1m\"\n", "unknown key `bugdet` (did you mean `budget`?)"),
+        ("[action.x]\nkind = \"command\"\ncommand = [\"/bin/true\"]\ntimeout = \"1s\"\nretries = 3\n", "unknown key `retries`"),
+        ("[probes]\nname = \"a\"\n", "unknown section `probes` (did you mean `probe`?)"),
+    ];
+    for (text, want) in cases {
+        let path = dir.write("c.toml", text);
+        let (code, _, stderr) = watchdog(&["validate", "-c", path.to_str().unwrap()]);
+        assert_eq!(code, 78, "{text}");
+        assert!(stderr.contains(want), "`{want}` missing for:\n{text}\n---\n{stderr}");
+    }
+}
+
+#[test]
+fn shipped_example_config_is_valid() {
+    let path = concat!(env!("CARGO_MANIFEST_DIR"), "/config/watchdog.toml");
+    let (code, stdout, stderr) = watchdog(&["validate", "-c", path]);
+    assert_eq!(code, 0, "{stderr}");
+    assert!(stdout.contains("valid: 2 probes, 3 rules, 2 actions (2 files)"), "{stdout}");
+}
+
+#[test]
+fn world_writable_config_is_a_warning_not_an_error() {
+    use std::os::unix::fs::PermissionsExt;
+    let dir = TempDir::new("perm");
+    let path = dir.write("c.toml", "[[probe]]\nname = \"a\"\nkind = \"tcp\"\naddress = \"127.0.0.1:1\"\n");
+    std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o666)).unwrap();
+    let (code, _, stderr) = watchdog(&["validate", "-c", path.to_str().unwrap()]);
+    assert_eq!(code, 0, "{stderr}");
+    assert!(stderr.contains("writable by group or others"), "{stderr}");
+}
+
+#[test]
+fn unreadable_config_and_syntax_errors_exit_78() {
+    let dir = TempDir::new("syntax");
+    let (code, _, stderr) = watchdog(&["validate", "-c", dir.path().join("missing.toml").to_str().unwrap()]);
+    assert_eq!(code, 78);
+    assert!(stderr.contains("cannot read config file"), "{stderr}");
+
+    let path = dir.write("c.toml", "[[probe]]\nname = \"a\nkind = \"tcp\"\n");
+    let (code, _, stderr) = watchdog(&["validate", "-c", path.to_str().unwrap()]);
+    assert_eq!(code, 78);
+    assert!(stderr.contains(&format!("{}:2:", path.display())), "{stderr}");
+}
+
+#[test]
+fn help_has_examples_for_every_verb() {
+    for verb in ["run", "check", "validate"] {
+        let (code, stdout, _) = watchdog(&[verb, "--help"]);
+        assert_eq!(code, 0);
+        assert!(stdout.contains("Example"), "{verb} --help has no example:\n{stdout}");
+    }
+}
