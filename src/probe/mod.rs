@@ -48,14 +48,14 @@ impl Outcome {
 /// A runnable probe.
 #[derive(Debug)]
 pub enum Probe {
-    Http(http::HttpProbe),
+    Http(Box<http::HttpProbe>),
     Tcp(tcp::TcpProbe),
 }
 
 impl Probe {
     pub fn build(spec: &CheckSpec, clients: &mut HttpClients) -> Probe {
         match spec {
-            CheckSpec::Http(c) => Probe::Http(http::HttpProbe::new(c.clone(), clients)),
+            CheckSpec::Http(c) => Probe::Http(Box::new(http::HttpProbe::new(c.clone(), clients))),
             CheckSpec::Tcp(c) => Probe::Tcp(tcp::TcpProbe::new(c.clone())),
         }
     }

@@ -120,6 +120,7 @@ impl FakeApache {
 
     /// Starts one detached, as an init script would; it is found again through its pidfile.
     pub fn start(dir: &Path, mode: &str) -> FakeApache {
+        std::fs::create_dir_all(dir).unwrap();
         let (port, control) = (free_port(), free_port());
         let pidfile = dir.join("fake_apache.pid");
         let argv = Self::start_argv(port, control, &pidfile, mode);
