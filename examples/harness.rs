@@ -42,7 +42,11 @@ fn start_fake_apache(args: &[String]) -> i32 {
         return 2;
     };
     let mode = std::fs::read_to_string(mode_file).unwrap_or_else(|_| "healthy".into());
-    match Command::new(fake).args(rest).args(["--mode", mode.trim()]).status() {
+    match Command::new(fake)
+        .args(rest)
+        .args(["--mode", mode.trim()])
+        .status()
+    {
         Ok(s) => s.code().unwrap_or(1),
         Err(e) => {
             eprintln!("cannot start {fake}: {e}");
@@ -61,12 +65,21 @@ fn http(addr: &str, method: &str, path: &str) -> Option<(u16, String)> {
     let t = Duration::from_millis(500);
     let mut s = TcpStream::connect_timeout(&addr.parse().ok()?, t).ok()?;
     s.set_read_timeout(Some(t)).ok()?;
-    write!(s, "{method} {path} HTTP/1.1\r\nHost: {addr}\r\nContent-Length: 0\r\nConnection: close\r\n\r\n").ok()?;
+    write!(
+        s,
+        "{method} {path} HTTP/1.1\r\nHost: {addr}\r\nContent-Length: 0\r\nConnection: close\r\n\r\n"
+    )
+    .ok()?;
     let mut buf = Vec::new();
     s.take(1 << 16).read_to_end(&mut buf).ok()?;
     let text = String::from_utf8_lossy(&buf).to_string();
     let status = text.split_whitespace().nth(1)?.parse().ok()?;
-    Some((status, text.split_once("\r\n\r\n").map(|(_, b)| b.to_string()).unwrap_or_default()))
+    Some((
+        status,
+        text.split_once("\r\n\r\n")
+            .map(|(_, b)| b.to_string())
+            .unwrap_or_default(),
+    ))
 }
 
 /// What the watchdog logged (JSON lines), boiled down to what the timeline needs.
@@ -87,11 +100,31 @@ struct Fault {
 }
 
 const FAULTS: &[Fault] = &[
-    Fault { name: "504 Gateway Timeout", story: "apache answers, but only 504s", mode: "status:504" },
-    Fault { name: "hang", story: "accepts, reads the request, never answers", mode: "hang" },
-    Fault { name: "crash", story: "the process dies, its pidfile stays", mode: "crash" },
-    Fault { name: "stop accepting", story: "listening, but accept() is never called: the backlog fills", mode: "stop-accepting" },
-    Fault { name: "workers dying", story: "2009: each worker dies after one request; ps still shows apache", mode: "workers-dying" },
+    Fault {
+        name: "504 Gateway Timeout",
+        story: "apache answers, but only 504s",
+        mode: "status:504",
+    },
+    Fault {
+        name: "hang",
+        story: "accepts, reads the request, never answers",
+        mode: "hang",
+    },
+    Fault {
+        name: "crash",
+        story: "the process dies, its pidfile stays",
+        mode: "crash",
+    },
+    Fault {
+        name: "stop accepting",
+        story: "listening, but accept() is never called: the backlog fills",
+        mode: "stop-accepting",
+    },
+    Fault {
+        name: "workers dying",
+        story: "2009: each worker dies after one request; ps still shows apache",
+        mode: "workers-dying",
+    },
 ];
 
 struct Row {
@@ -109,11 +142,20 @@ struct Processes {
 impl Drop for Processes {
     fn drop(&mut self) {
         if let Some(mut w) = self.watchdog.take() {
-            let _ = nix::sys::signal::kill(nix::unistd::Pid::from_raw(w.id() as i32), nix::sys::signal::Signal::SIGTERM);
+            let _ = nix::sys::signal::kill(
+                nix::unistd::Pid::from_raw(w.id() as i32),
+                nix::sys::signal::Signal::SIGTERM,
+            );
             let _ = w.wait();
         }
-        if let Some(pid) = std::fs::read_to_string(&self.pidfile).ok().and_then(|s| s.trim().parse::<i32>().ok()) {
-            let _ = nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid), nix::sys::signal::Signal::SIGTERM);
+        if let Some(pid) = std::fs::read_to_string(&self.pidfile)
+            .ok()
+            .and_then(|s| s.trim().parse::<i32>().ok())
+        {
+            let _ = nix::sys::signal::kill(
+                nix::unistd::Pid::from_raw(pid),
+                nix::sys::signal::Signal::SIGTERM,
+            );
         }
     }
 }
@@ -125,10 +167,16 @@ fn demo(keep: bool) -> Result<(), String> {
     let watchdog = examples.parent().ok_or("no target dir")?.join("watchdog");
     for p in [&fake, &watchdog] {
         if !p.exists() {
-            return Err(format!("{} is missing: run `cargo build --release --bins --examples` first", p.display()));
+            return Err(format!(
+                "{} is missing: run `cargo build --release --bins --examples` first",
+                p.display()
+            ));
         }
     }
-    let dir = examples.parent().unwrap().join(format!("harness-{}", std::process::id()));
+    let dir = examples
+        .parent()
+        .unwrap()
+        .join(format!("harness-{}", std::process::id()));
     std::fs::create_dir_all(&dir).map_err(|e| e.to_string())?;
     let (port, control) = (free_port()?, free_port()?);
     let addr = format!("127.0.0.1:{port}");
@@ -160,7 +208,11 @@ fn demo(keep: bool) -> Result<(), String> {
         "--log".into(),
         dir.join("fake_apache.log").display().to_string(),
     ];
-    let start_toml = start.iter().map(|a| format!("{a:?}")).collect::<Vec<_>>().join(", ");
+    let start_toml = start
+        .iter()
+        .map(|a| format!("{a:?}"))
+        .collect::<Vec<_>>()
+        .join(", ");
     let config = dir.join("watchdog.toml");
     std::fs::write(
         &config,
@@ -214,11 +266,17 @@ url = "http://127.0.0.1:{hook_port}/oncall"
     println!("uptime-watchdog dev harness: fake apache on {addr}, control on {control_addr}");
     println!("work dir {} (config, logs)\n", dir.display());
 
-    let status = Command::new(&start[0]).args(&start[1..]).status().map_err(|e| e.to_string())?;
+    let status = Command::new(&start[0])
+        .args(&start[1..])
+        .status()
+        .map_err(|e| e.to_string())?;
     if !status.success() {
         return Err(format!("starting fake_apache failed: {status}"));
     }
-    let serves = || http(&addr, "GET", "/server-status?auto").is_some_and(|(s, b)| s == 200 && b.contains("BusyWorkers"));
+    let serves = || {
+        http(&addr, "GET", "/server-status?auto")
+            .is_some_and(|(s, b)| s == 200 && b.contains("BusyWorkers"))
+    };
     if !wait(Duration::from_secs(5), serves) {
         return Err("fake_apache did not come up".into());
     }
@@ -233,7 +291,10 @@ url = "http://127.0.0.1:{hook_port}/oncall"
         .spawn()
         .map_err(|e| format!("cannot run {}: {e}", watchdog.display()))?;
     let stderr = child.stderr.take().ok_or("no stderr")?;
-    let mut procs = Processes { watchdog: Some(child), pidfile: pidfile.clone() };
+    let mut procs = Processes {
+        watchdog: Some(child),
+        pidfile: pidfile.clone(),
+    };
     let (seen_tx, seen_rx) = mpsc::channel::<Seen>();
     let log_path = dir.join("watchdog.log");
     std::thread::spawn(move || read_watchdog_log(stderr, &log_path, seen_tx));
@@ -253,7 +314,12 @@ url = "http://127.0.0.1:{hook_port}/oncall"
         if control_set(fault.mode).is_none() && fault.mode != "crash" {
             return Err(format!("could not switch fake_apache to {}", fault.mode));
         }
-        let mut row = Row { fault: fault.name.to_string(), detect: None, recover: None, note: String::new() };
+        let mut row = Row {
+            fault: fault.name.to_string(),
+            detect: None,
+            recover: None,
+            note: String::new(),
+        };
         let deadline = injected + Duration::from_secs(20);
         let mut restarted = false;
         while Instant::now() < deadline && row.recover.is_none() {
@@ -262,7 +328,9 @@ url = "http://127.0.0.1:{hook_port}/oncall"
                     row.detect = Some(injected.elapsed());
                     say(format!("watchdog: apache is DOWN ({reason})"));
                 }
-                Ok(Seen::Remedy) => say("watchdog: restarting apache (TERM, wait, KILL, start)".into()),
+                Ok(Seen::Remedy) => {
+                    say("watchdog: restarting apache (TERM, wait, KILL, start)".into())
+                }
                 Ok(Seen::RemedyDone(result)) => {
                     restarted = true;
                     say(format!("watchdog: restart done: {result}"));
@@ -291,7 +359,12 @@ url = "http://127.0.0.1:{hook_port}/oncall"
     say("INJECT broken config: every restart comes back answering 503; the restart budget (7 per 10m) will run out".into());
     let injected = Instant::now();
     control_set("status:503");
-    let mut row = Row { fault: "restart does not help".into(), detect: None, recover: None, note: String::new() };
+    let mut row = Row {
+        fault: "restart does not help".into(),
+        detect: None,
+        recover: None,
+        note: String::new(),
+    };
     let mut restarts = 0;
     let deadline = injected + Duration::from_secs(40);
     while Instant::now() < deadline {
@@ -322,17 +395,27 @@ url = "http://127.0.0.1:{hook_port}/oncall"
     rows.push(row);
     std::fs::write(&mode_file, "healthy").map_err(|e| e.to_string())?;
 
-    println!("\n{:<24} {:>14} {:>14}  note", "fault", "detected after", "answers after");
+    println!(
+        "\n{:<24} {:>14} {:>14}  note",
+        "fault", "detected after", "answers after"
+    );
     for r in &rows {
-        let f = |d: Option<Duration>| d.map_or("-".to_string(), |d| format!("{:.1} s", d.as_secs_f64()));
-        println!("{:<24} {:>14} {:>14}  {}", r.fault, f(r.detect), f(r.recover), r.note);
+        let f = |d: Option<Duration>| {
+            d.map_or("-".to_string(), |d| format!("{:.1} s", d.as_secs_f64()))
+        };
+        println!(
+            "{:<24} {:>14} {:>14}  {}",
+            r.fault,
+            f(r.detect),
+            f(r.recover),
+            r.note
+        );
     }
-    println!("\n(probe every 1 s, timeout 800 ms, down after 2 failures; a human took half an hour in 2009)");
+    println!(
+        "\n(probe every 1 s, timeout 800 ms, down after 2 failures; a human took half an hour in 2009)"
+    );
 
-    drop(procs.watchdog.take().map(|mut w| {
-        let _ = nix::sys::signal::kill(nix::unistd::Pid::from_raw(w.id() as i32), nix::sys::signal::Signal::SIGTERM);
-        let _ = w.wait();
-    }));
+    // Stops the watchdog (SIGTERM, wait) and the fake apache.
     drop(procs);
     if keep {
         println!("kept {}", dir.display());
@@ -340,7 +423,11 @@ url = "http://127.0.0.1:{hook_port}/oncall"
         let _ = std::fs::remove_dir_all(&dir);
     }
     let all_recovered = rows.iter().take(FAULTS.len()).all(|r| r.recover.is_some());
-    if all_recovered { Ok(()) } else { Err("some faults were not recovered".into()) }
+    if all_recovered {
+        Ok(())
+    } else {
+        Err("some faults were not recovered".into())
+    }
 }
 
 fn wait(within: Duration, mut cond: impl FnMut() -> bool) -> bool {
@@ -364,7 +451,9 @@ fn read_watchdog_log(stderr: impl Read, copy: &Path, tx: mpsc::Sender<Seen>) {
         if let Some(f) = file.as_mut() {
             let _ = writeln!(f, "{line}");
         }
-        let Ok(v) = serde_json::from_str::<serde_json::Value>(&line) else { continue };
+        let Ok(v) = serde_json::from_str::<serde_json::Value>(&line) else {
+            continue;
+        };
         let f = &v["fields"];
         let text = |k: &str| f[k].as_str().unwrap_or_default().to_string();
         let seen = match f["message"].as_str().unwrap_or_default() {
@@ -387,7 +476,9 @@ fn receive_pages(listener: TcpListener, tx: mpsc::Sender<String>) {
     for conn in listener.incoming() {
         let Ok(mut conn) = conn else { continue };
         let _ = conn.set_read_timeout(Some(Duration::from_secs(5)));
-        let Ok(clone) = conn.try_clone() else { continue };
+        let Ok(clone) = conn.try_clone() else {
+            continue;
+        };
         let mut reader = BufReader::new(clone);
         let mut len = 0;
         loop {
@@ -406,8 +497,13 @@ fn receive_pages(listener: TcpListener, tx: mpsc::Sender<String>) {
         if reader.read_exact(&mut body).is_ok()
             && let Ok(v) = serde_json::from_slice::<serde_json::Value>(&body)
         {
-            let _ = tx.send(format!("{} \"{}\"", v["event"].as_str().unwrap_or("?"), v["summary"].as_str().unwrap_or("?")));
+            let _ = tx.send(format!(
+                "{} \"{}\"",
+                v["event"].as_str().unwrap_or("?"),
+                v["summary"].as_str().unwrap_or("?")
+            ));
         }
-        let _ = conn.write_all(b"HTTP/1.1 200 OK\r\nContent-Length: 0\r\nConnection: close\r\n\r\n");
+        let _ =
+            conn.write_all(b"HTTP/1.1 200 OK\r\nContent-Length: 0\r\nConnection: close\r\n\r\n");
     }
 }

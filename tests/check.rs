@@ -97,7 +97,10 @@ fn exit_codes_for_bad_config_and_unknown_probe() {
     let cfg = check_config(&dir, "http://127.0.0.1:9/", &marker);
     let (code, _, err) = watchdog(&["check", "-c", cfg.to_str().unwrap(), "--probe", "nginx"]);
     assert_eq!(code, 1);
-    assert!(err.contains("no probe named \"nginx\"; probes: apache"), "{err}");
+    assert!(
+        err.contains("no probe named \"nginx\"; probes: apache"),
+        "{err}"
+    );
 }
 
 /// (mode, what the reason must say)
@@ -117,18 +120,27 @@ fn bad_input_from_the_target_is_a_clear_failure_never_a_panic() {
     for (mode, want) in cases {
         apache.set_mode(mode);
         let started = Instant::now();
-        let (code, out, err) = watchdog(&["check", "-c", cfg.to_str().unwrap(), "--dry-run", "--json"]);
+        let (code, out, err) =
+            watchdog(&["check", "-c", cfg.to_str().unwrap(), "--dry-run", "--json"]);
         let took = started.elapsed();
         assert_eq!(code, 1, "{mode}: {out}{err}");
         assert!(!err.contains("panicked"), "{mode}: {err}");
-        let report: serde_json::Value = serde_json::from_str(&out).unwrap_or_else(|e| panic!("{mode}: {e}: {out}"));
+        let report: serde_json::Value =
+            serde_json::from_str(&out).unwrap_or_else(|e| panic!("{mode}: {e}: {out}"));
         let reason = report["rows"][0]["reason"].as_str().unwrap().to_string();
-        assert!(reason.contains(want), "{mode}: reason {reason:?} lacks {want:?}");
+        assert!(
+            reason.contains(want),
+            "{mode}: reason {reason:?} lacks {want:?}"
+        );
         assert!(took < Duration::from_secs(5), "{mode}: took {took:?}");
     }
     apache.set_mode("healthy");
     // A 1 GiB body was offered: the watchdog read 64 KiB of it. Its peak RSS proves it.
-    let rusage = nix::sys::resource::getrusage(nix::sys::resource::UsageWho::RUSAGE_CHILDREN).unwrap();
+    let rusage =
+        nix::sys::resource::getrusage(nix::sys::resource::UsageWho::RUSAGE_CHILDREN).unwrap();
     let peak_kib = rusage.max_rss();
-    assert!(peak_kib < 64 * 1024, "a child of this test peaked at {peak_kib} KiB");
+    assert!(
+        peak_kib < 64 * 1024,
+        "a child of this test peaked at {peak_kib} KiB"
+    );
 }

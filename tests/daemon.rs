@@ -10,7 +10,13 @@ use std::time::{Duration, Instant};
 use common::{FakeApache, Receiver, TempDir, Watchdog, wait_until};
 
 /// A config for one fake apache, restarted by a signal action, paged to `hook`.
-fn config(dir: &TempDir, apache: &FakeApache, start_mode: &str, hook: &str, budget: &str) -> std::path::PathBuf {
+fn config(
+    dir: &TempDir,
+    apache: &FakeApache,
+    start_mode: &str,
+    hook: &str,
+    budget: &str,
+) -> std::path::PathBuf {
     let start = FakeApache::start_argv(apache.port, apache.control, &apache.pidfile, start_mode)
         .iter()
         .map(|a| format!("{a:?}"))
@@ -59,7 +65,10 @@ url = "{hook}"
 
 fn wait_up(wd: &Watchdog) {
     assert!(
-        wait_until(Duration::from_secs(10), || wd.messages("state changed").iter().any(|e| e["fields"]["state"] == "up")),
+        wait_until(Duration::from_secs(10), || wd
+            .messages("state changed")
+            .iter()
+            .any(|e| e["fields"]["state"] == "up")),
         "never up:\n{}",
         wd.log_text()
     );
@@ -78,39 +87,70 @@ fn one_restart_fixes(mode: &str) {
     let injected = Instant::now();
     if mode == "crash" {
         // The process dies while answering: the control request itself may fail.
-        let _ = common::http(&format!("127.0.0.1:{}", apache.control), "POST", "/mode/crash", "", Duration::from_secs(1));
+        let _ = common::http(
+            &format!("127.0.0.1:{}", apache.control),
+            "POST",
+            "/mode/crash",
+            "",
+            Duration::from_secs(1),
+        );
     } else {
         apache.set_mode(mode);
     }
     assert!(
-        wait_until(Duration::from_secs(15), || wd.has("remedy done") || wd.has("remedy failed")),
+        wait_until(Duration::from_secs(15), || wd.has("remedy done")
+            || wd.has("remedy failed")),
         "{mode}: no remedy:\n{}",
         wd.log_text()
     );
-    assert!(wd.has("remedy done"), "{mode}: remedy failed:\n{}", wd.log_text());
     assert!(
-        wait_until(Duration::from_secs(10), || apache.pid().is_some_and(|p| p != old_pid) && apache.serves()),
+        wd.has("remedy done"),
+        "{mode}: remedy failed:\n{}",
+        wd.log_text()
+    );
+    assert!(
+        wait_until(Duration::from_secs(10), || apache
+            .pid()
+            .is_some_and(|p| p != old_pid)
+            && apache.serves()),
         "{mode}: apache does not answer again:\n{}",
         wd.log_text()
     );
     let recovered = injected.elapsed();
-    assert!(!FakeApache::alive(old_pid), "{mode}: the old process {old_pid} still runs");
+    assert!(
+        !FakeApache::alive(old_pid),
+        "{mode}: the old process {old_pid} still runs"
+    );
     assert!(
         wait_until(Duration::from_secs(10), || hook.count("resolved") == 1),
         "{mode}: no resolve page: {:?}\n{}",
         hook.events(),
         wd.log_text()
     );
-    assert_eq!(wd.remedies("restart-apache"), 1, "{mode}: exactly one restart per incident:\n{}", wd.log_text());
+    assert_eq!(
+        wd.remedies("restart-apache"),
+        1,
+        "{mode}: exactly one restart per incident:\n{}",
+        wd.log_text()
+    );
     assert_eq!(
         hook.events(),
-        vec![("firing".to_string(), "apache".to_string()), ("resolved".to_string(), "apache".to_string())],
+        vec![
+            ("firing".to_string(), "apache".to_string()),
+            ("resolved".to_string(), "apache".to_string())
+        ],
         "{mode}"
     );
     let page = hook.pages.lock().unwrap()[0].clone();
-    assert!(page["reason"].as_str().is_some_and(|r| !r.is_empty()), "{page}");
+    assert!(
+        page["reason"].as_str().is_some_and(|r| !r.is_empty()),
+        "{page}"
+    );
     assert_eq!(page["host"].as_str().map(str::is_empty), Some(false));
-    eprintln!("{mode}: serving again {:.1} s after the fault", recovered.as_secs_f64());
+    eprintln!(
+        "{mode}: serving again {:.1} s after the fault",
+        recovered.as_secs_f64()
+    );
     assert_eq!(wd.stop(), Some(0), "clean exit on SIGTERM");
 }
 
@@ -154,15 +194,33 @@ fn a_service_that_never_recovers_gets_its_budget_then_one_giving_up_page() {
         wd.log_text()
     );
     assert_eq!(wd.remedies("restart-apache"), 2, "{}", wd.log_text());
-    let giving_up = hook.pages.lock().unwrap().iter().find(|p| p["event"] == "giving_up").cloned().unwrap();
+    let giving_up = hook
+        .pages
+        .lock()
+        .unwrap()
+        .iter()
+        .find(|p| p["event"] == "giving_up")
+        .cloned()
+        .unwrap();
     let summary = giving_up["summary"].as_str().unwrap();
-    assert!(summary.starts_with("giving up on apache after 2 runs of restart-apache in 10m"), "{summary}");
+    assert!(
+        summary.starts_with("giving up on apache after 2 runs of restart-apache in 10m"),
+        "{summary}"
+    );
 
     // Two more down-cycles' worth of time (grace 1 s + 2 failures at 500 ms, twice): nothing more.
     let restarts_then = wd.remedies("restart-apache");
-    assert!(!wait_until(Duration::from_secs(5), || wd.remedies("restart-apache") > restarts_then || hook.count("giving_up") > 1));
+    assert!(!wait_until(Duration::from_secs(5), || wd
+        .remedies("restart-apache")
+        > restarts_then
+        || hook.count("giving_up") > 1));
     assert_eq!(hook.count("giving_up"), 1);
-    assert_eq!(hook.count("firing"), 1, "one firing page per incident: {:?}", hook.events());
+    assert_eq!(
+        hook.count("firing"),
+        1,
+        "one firing page per incident: {:?}",
+        hook.events()
+    );
 }
 
 /// Probe A: a hanging server, a remedy that takes 30 s, and a pager that never answers.
@@ -229,16 +287,34 @@ command = ["/usr/bin/touch", "{marker}"]
     let wd = Watchdog::run(&cfg, dir.path());
     // A is down, its remedy is sleeping and its page is stuck in a connection that never answers.
     assert!(
-        wait_until(Duration::from_secs(15), || wd.remedies("slow-remedy") == 1 && wd.has("paging")),
+        wait_until(Duration::from_secs(15), || wd.remedies("slow-remedy") == 1
+            && wd.has("paging")),
         "{}",
         wd.log_text()
     );
     b.set_mode("status:504");
     let injected = Instant::now();
-    assert!(wait_until(Duration::from_secs(10), || marker.exists()), "B's remedy never ran:\n{}", wd.log_text());
+    assert!(
+        wait_until(Duration::from_secs(10), || marker.exists()),
+        "B's remedy never ran:\n{}",
+        wd.log_text()
+    );
     let took = injected.elapsed();
     // Two failures 1 s apart, plus up to one interval until the first: 3 s; 1.5 s of slack.
-    assert!(took < Duration::from_millis(4500), "B's remedy ran {took:?} after the fault");
-    assert!(!wd.has("remedy done") || wd.messages("remedy done").iter().all(|e| e["fields"]["action"] != "slow-remedy"), "the slow remedy is still running");
-    eprintln!("B remedied {:.2} s after its fault while A hung", took.as_secs_f64());
+    assert!(
+        took < Duration::from_millis(4500),
+        "B's remedy ran {took:?} after the fault"
+    );
+    assert!(
+        !wd.has("remedy done")
+            || wd
+                .messages("remedy done")
+                .iter()
+                .all(|e| e["fields"]["action"] != "slow-remedy"),
+        "the slow remedy is still running"
+    );
+    eprintln!(
+        "B remedied {:.2} s after its fault while A hung",
+        took.as_secs_f64()
+    );
 }

@@ -65,13 +65,20 @@ fn every_problem_in_one_run_with_file_line_and_probe() {
         format!("{m}:14:1: probe \"apache\": unknown key `intreval` (did you mean `interval`?)"),
         format!("{m}:18:8: probe \"apache\": duplicate probe name: already defined at {m}:11"),
         format!("{m}:21:11: probe \"apache\": timeout (10s) must be shorter than interval (5s)"),
-        format!("{m}:26:7: rule for probe \"apache\": unknown action \"restart-apach\" (did you mean \"restart-apache\"?)"),
+        format!(
+            "{m}:26:7: rule for probe \"apache\": unknown action \"restart-apach\" (did you mean \"restart-apache\"?)"
+        ),
         format!("{m}:35:9: action \"page\": `token`: secrets are given by reference only"),
         // deny_unknown_fields holds in included files too, with their own path.
         format!("{i}:5:1: probe \"ssh\": unknown key `expct` (did you mean `expect`?)"),
     ];
     for want in &expected {
-        assert!(stderr.lines().any(|l| l.trim_start().starts_with(want.as_str())), "missing `{want}` in:\n{stderr}");
+        assert!(
+            stderr
+                .lines()
+                .any(|l| l.trim_start().starts_with(want.as_str())),
+            "missing `{want}` in:\n{stderr}"
+        );
     }
     // Errors and warnings are reported apart, errors first.
     let errors_at = stderr.find(" errors:").expect("an errors section");
@@ -84,18 +91,39 @@ fn every_problem_in_one_run_with_file_line_and_probe() {
 fn deny_unknown_fields_in_every_section() {
     let dir = TempDir::new("unknown");
     let cases = [
-        ("[watchdog]\nstate_dri = \"x\"\n", "unknown key `state_dri` (did you mean `state_dir`?)"),
-        ("[defaults]\nintervall = \"5s\"\n", "unknown key `intervall` (did you mean `interval`?)"),
-        ("[[probe]]\nname = \"a\"\nkind = \"tcp\"\naddress = \"127.0.0.1:1\"\nfail_afterr = 2\n", "unknown key `fail_afterr`"),
-        ("[[rule]]\nprobe = \"a\"\nwhen = \"down\"\ndo = []\nbugdet = \"1 per 1m\"\n", "unknown key `bugdet` (did you mean `budget`?)"),
-        ("[action.x]\nkind = \"command\"\ncommand = [\"/bin/true\"]\ntimeout = \"1s\"\nretries = 3\n", "unknown key `retries`"),
-        ("[probes]\nname = \"a\"\n", "unknown section `probes` (did you mean `probe`?)"),
+        (
+            "[watchdog]\nstate_dri = \"x\"\n",
+            "unknown key `state_dri` (did you mean `state_dir`?)",
+        ),
+        (
+            "[defaults]\nintervall = \"5s\"\n",
+            "unknown key `intervall` (did you mean `interval`?)",
+        ),
+        (
+            "[[probe]]\nname = \"a\"\nkind = \"tcp\"\naddress = \"127.0.0.1:1\"\nfail_afterr = 2\n",
+            "unknown key `fail_afterr`",
+        ),
+        (
+            "[[rule]]\nprobe = \"a\"\nwhen = \"down\"\ndo = []\nbugdet = \"1 per 1m\"\n",
+            "unknown key `bugdet` (did you mean `budget`?)",
+        ),
+        (
+            "[action.x]\nkind = \"command\"\ncommand = [\"/bin/true\"]\ntimeout = \"1s\"\nretries = 3\n",
+            "unknown key `retries`",
+        ),
+        (
+            "[probes]\nname = \"a\"\n",
+            "unknown section `probes` (did you mean `probe`?)",
+        ),
     ];
     for (text, want) in cases {
         let path = dir.write("c.toml", text);
         let (code, _, stderr) = watchdog(&["validate", "-c", path.to_str().unwrap()]);
         assert_eq!(code, 78, "{text}");
-        assert!(stderr.contains(want), "`{want}` missing for:\n{text}\n---\n{stderr}");
+        assert!(
+            stderr.contains(want),
+            "`{want}` missing for:\n{text}\n---\n{stderr}"
+        );
     }
 }
 
@@ -104,14 +132,20 @@ fn shipped_example_config_is_valid() {
     let path = concat!(env!("CARGO_MANIFEST_DIR"), "/config/watchdog.toml");
     let (code, stdout, stderr) = watchdog(&["validate", "-c", path]);
     assert_eq!(code, 0, "{stderr}");
-    assert!(stdout.contains("valid: 2 probes, 3 rules, 2 actions (2 files)"), "{stdout}");
+    assert!(
+        stdout.contains("valid: 2 probes, 3 rules, 2 actions (2 files)"),
+        "{stdout}"
+    );
 }
 
 #[test]
 fn world_writable_config_is_a_warning_not_an_error() {
     use std::os::unix::fs::PermissionsExt;
     let dir = TempDir::new("perm");
-    let path = dir.write("c.toml", "[[probe]]\nname = \"a\"\nkind = \"tcp\"\naddress = \"127.0.0.1:1\"\n");
+    let path = dir.write(
+        "c.toml",
+        "[[probe]]\nname = \"a\"\nkind = \"tcp\"\naddress = \"127.0.0.1:1\"\n",
+    );
     std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o666)).unwrap();
     let (code, _, stderr) = watchdog(&["validate", "-c", path.to_str().unwrap()]);
     assert_eq!(code, 0, "{stderr}");
@@ -121,14 +155,21 @@ fn world_writable_config_is_a_warning_not_an_error() {
 #[test]
 fn unreadable_config_and_syntax_errors_exit_78() {
     let dir = TempDir::new("syntax");
-    let (code, _, stderr) = watchdog(&["validate", "-c", dir.path().join("missing.toml").to_str().unwrap()]);
+    let (code, _, stderr) = watchdog(&[
+        "validate",
+        "-c",
+        dir.path().join("missing.toml").to_str().unwrap(),
+    ]);
     assert_eq!(code, 78);
     assert!(stderr.contains("cannot read config file"), "{stderr}");
 
     let path = dir.write("c.toml", "[[probe]]\nname = \"a\nkind = \"tcp\"\n");
     let (code, _, stderr) = watchdog(&["validate", "-c", path.to_str().unwrap()]);
     assert_eq!(code, 78);
-    assert!(stderr.contains(&format!("{}:2:", path.display())), "{stderr}");
+    assert!(
+        stderr.contains(&format!("{}:2:", path.display())),
+        "{stderr}"
+    );
 }
 
 #[test]
@@ -136,6 +177,9 @@ fn help_has_examples_for_every_verb() {
     for verb in ["run", "check", "validate"] {
         let (code, stdout, _) = watchdog(&[verb, "--help"]);
         assert_eq!(code, 0);
-        assert!(stdout.contains("Example"), "{verb} --help has no example:\n{stdout}");
+        assert!(
+            stdout.contains("Example"),
+            "{verb} --help has no example:\n{stdout}"
+        );
     }
 }

@@ -20,13 +20,24 @@ pub fn watchdog_bin() -> PathBuf {
 
 /// `cargo test` builds examples next to the binaries.
 pub fn fake_apache_bin() -> PathBuf {
-    let p = watchdog_bin().parent().unwrap().join("examples/fake_apache");
-    assert!(p.exists(), "{} is missing: run `cargo build --examples` (cargo test builds it)", p.display());
+    let p = watchdog_bin()
+        .parent()
+        .unwrap()
+        .join("examples/fake_apache");
+    assert!(
+        p.exists(),
+        "{} is missing: run `cargo build --examples` (cargo test builds it)",
+        p.display()
+    );
     p
 }
 
 pub fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+    TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
 }
 
 /// A fresh directory under the target dir, removed when dropped.
@@ -78,16 +89,33 @@ pub fn wait_until(within: Duration, mut cond: impl FnMut() -> bool) -> bool {
 }
 
 /// A minimal HTTP/1.1 request; returns (status, body). Connection: close.
-pub fn http(addr: &str, method: &str, path: &str, body: &str, timeout: Duration) -> std::io::Result<(u16, String)> {
+pub fn http(
+    addr: &str,
+    method: &str,
+    path: &str,
+    body: &str,
+    timeout: Duration,
+) -> std::io::Result<(u16, String)> {
     let mut s = TcpStream::connect_timeout(&addr.parse().unwrap(), timeout)?;
     s.set_read_timeout(Some(timeout))?;
     s.set_write_timeout(Some(timeout))?;
-    write!(s, "{method} {path} HTTP/1.1\r\nHost: {addr}\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}", body.len())?;
+    write!(
+        s,
+        "{method} {path} HTTP/1.1\r\nHost: {addr}\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+        body.len()
+    )?;
     let mut buf = Vec::new();
     s.take(1 << 20).read_to_end(&mut buf)?;
     let text = String::from_utf8_lossy(&buf).to_string();
-    let status = text.split_whitespace().nth(1).and_then(|c| c.parse().ok()).unwrap_or(0);
-    let body = text.split_once("\r\n\r\n").map(|(_, b)| b.to_string()).unwrap_or_default();
+    let status = text
+        .split_whitespace()
+        .nth(1)
+        .and_then(|c| c.parse().ok())
+        .unwrap_or(0);
+    let body = text
+        .split_once("\r\n\r\n")
+        .map(|(_, b)| b.to_string())
+        .unwrap_or_default();
     Ok((status, body))
 }
 
@@ -126,8 +154,16 @@ impl FakeApache {
         let argv = Self::start_argv(port, control, &pidfile, mode);
         let status = Command::new(&argv[0]).args(&argv[1..]).status().unwrap();
         assert!(status.success(), "fake_apache --daemon failed: {status}");
-        let me = FakeApache { port, control, pidfile, child: None };
-        assert!(wait_until(Duration::from_secs(5), || me.control_ok()), "fake_apache did not come up");
+        let me = FakeApache {
+            port,
+            control,
+            pidfile,
+            child: None,
+        };
+        assert!(
+            wait_until(Duration::from_secs(5), || me.control_ok()),
+            "fake_apache did not come up"
+        );
         me
     }
 
@@ -140,28 +176,55 @@ impl FakeApache {
     }
 
     pub fn pid(&self) -> Option<i32> {
-        std::fs::read_to_string(&self.pidfile).ok()?.trim().parse().ok()
+        std::fs::read_to_string(&self.pidfile)
+            .ok()?
+            .trim()
+            .parse()
+            .ok()
     }
 
     pub fn control_ok(&self) -> bool {
-        http(&format!("127.0.0.1:{}", self.control), "GET", "/mode", "", Duration::from_millis(500)).is_ok_and(|(s, _)| s == 200)
+        http(
+            &format!("127.0.0.1:{}", self.control),
+            "GET",
+            "/mode",
+            "",
+            Duration::from_millis(500),
+        )
+        .is_ok_and(|(s, _)| s == 200)
     }
 
     pub fn set_mode(&self, mode: &str) {
-        let (status, body) = http(&format!("127.0.0.1:{}", self.control), "POST", &format!("/mode/{mode}"), "", Duration::from_secs(2))
-            .unwrap_or_else(|e| panic!("control port: {e}"));
+        let (status, body) = http(
+            &format!("127.0.0.1:{}", self.control),
+            "POST",
+            &format!("/mode/{mode}"),
+            "",
+            Duration::from_secs(2),
+        )
+        .unwrap_or_else(|e| panic!("control port: {e}"));
         assert_eq!(status, 200, "set mode {mode}: {body}");
     }
 
     /// Does the service answer a plain GET with 200 right now?
     pub fn serves(&self) -> bool {
-        http(&self.addr(), "GET", "/server-status?auto", "", Duration::from_millis(500)).is_ok_and(|(s, b)| s == 200 && b.contains("BusyWorkers"))
+        http(
+            &self.addr(),
+            "GET",
+            "/server-status?auto",
+            "",
+            Duration::from_millis(500),
+        )
+        .is_ok_and(|(s, b)| s == 200 && b.contains("BusyWorkers"))
     }
 
     pub fn alive(pid: i32) -> bool {
         // A zombie (crashed, not yet reaped by init) counts as gone.
         std::fs::read_to_string(format!("/proc/{pid}/stat")).is_ok_and(|s| {
-            let state = s.rsplit(')').next().and_then(|r| r.split_whitespace().next());
+            let state = s
+                .rsplit(')')
+                .next()
+                .and_then(|r| r.split_whitespace().next());
             state != Some("Z")
         })
     }
@@ -174,7 +237,10 @@ impl Drop for FakeApache {
             let _ = c.wait();
         }
         if let Some(pid) = self.pid() {
-            let _ = nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid), nix::sys::signal::Signal::SIGKILL);
+            let _ = nix::sys::signal::kill(
+                nix::unistd::Pid::from_raw(pid),
+                nix::sys::signal::Signal::SIGKILL,
+            );
         }
     }
 }
@@ -225,7 +291,9 @@ impl Receiver {
                     {
                         sink.lock().unwrap().push(v);
                     }
-                    let _ = conn.write_all(b"HTTP/1.1 200 OK\r\nContent-Length: 0\r\nConnection: close\r\n\r\n");
+                    let _ = conn.write_all(
+                        b"HTTP/1.1 200 OK\r\nContent-Length: 0\r\nConnection: close\r\n\r\n",
+                    );
                 });
             }
         });
@@ -241,7 +309,12 @@ impl Receiver {
             .lock()
             .unwrap()
             .iter()
-            .map(|p| (p["event"].as_str().unwrap_or("").to_string(), p["probe"].as_str().unwrap_or("").to_string()))
+            .map(|p| {
+                (
+                    p["event"].as_str().unwrap_or("").to_string(),
+                    p["probe"].as_str().unwrap_or("").to_string(),
+                )
+            })
             .collect()
     }
 
@@ -269,8 +342,16 @@ impl Watchdog {
             .stderr(std::fs::File::create(&log).unwrap())
             .spawn()
             .unwrap();
-        let wd = Watchdog { child, log, started: Instant::now() };
-        assert!(wait_until(Duration::from_secs(10), || wd.has("watchdog running")), "watchdog did not start:\n{}", wd.log_text());
+        let wd = Watchdog {
+            child,
+            log,
+            started: Instant::now(),
+        };
+        assert!(
+            wait_until(Duration::from_secs(10), || wd.has("watchdog running")),
+            "watchdog did not start:\n{}",
+            wd.log_text()
+        );
         wd
     }
 
@@ -280,11 +361,17 @@ impl Watchdog {
 
     /// Log events as JSON objects (fields flattened in `fields`).
     pub fn events(&self) -> Vec<serde_json::Value> {
-        self.log_text().lines().filter_map(|l| serde_json::from_str(l).ok()).collect()
+        self.log_text()
+            .lines()
+            .filter_map(|l| serde_json::from_str(l).ok())
+            .collect()
     }
 
     pub fn messages(&self, message: &str) -> Vec<serde_json::Value> {
-        self.events().into_iter().filter(|e| e["fields"]["message"] == message).collect()
+        self.events()
+            .into_iter()
+            .filter(|e| e["fields"]["message"] == message)
+            .collect()
     }
 
     pub fn has(&self, message: &str) -> bool {
@@ -293,7 +380,10 @@ impl Watchdog {
 
     /// How many times a remedy started, for one action.
     pub fn remedies(&self, action: &str) -> usize {
-        self.messages("running remedy").iter().filter(|e| e["fields"]["action"] == action).count()
+        self.messages("running remedy")
+            .iter()
+            .filter(|e| e["fields"]["action"] == action)
+            .count()
     }
 
     pub fn pid(&self) -> u32 {
@@ -302,7 +392,10 @@ impl Watchdog {
 
     /// SIGTERM, and wait for a clean exit; returns the exit code.
     pub fn stop(mut self) -> Option<i32> {
-        let _ = nix::sys::signal::kill(nix::unistd::Pid::from_raw(self.child.id() as i32), nix::sys::signal::Signal::SIGTERM);
+        let _ = nix::sys::signal::kill(
+            nix::unistd::Pid::from_raw(self.child.id() as i32),
+            nix::sys::signal::Signal::SIGTERM,
+        );
         let deadline = Instant::now() + Duration::from_secs(20);
         loop {
             if let Ok(Some(status)) = self.child.try_wait() {
@@ -325,7 +418,11 @@ impl Drop for Watchdog {
 
 /// Runs `watchdog ARGS...` to completion; returns (exit code, stdout, stderr).
 pub fn watchdog(args: &[&str]) -> (i32, String, String) {
-    let out = Command::new(watchdog_bin()).args(args).env("RUST_LOG", "warn").output().unwrap();
+    let out = Command::new(watchdog_bin())
+        .args(args)
+        .env("RUST_LOG", "warn")
+        .output()
+        .unwrap();
     (
         out.status.code().unwrap_or(-1),
         String::from_utf8_lossy(&out.stdout).to_string(),
