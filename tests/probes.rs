@@ -67,7 +67,7 @@ fn http_options_reach_the_server() {
             r[name]
         );
     }
-    assert_eq!(r["absent"].0, false);
+    assert!(!r["absent"].0);
     assert!(
         r["absent"].1.contains("the body lacks \"not-there\""),
         "{:?}",
@@ -78,7 +78,7 @@ fn http_options_reach_the_server() {
         "{:?}",
         r["status"]
     );
-    assert_eq!(r["status"].0, false);
+    assert!(!r["status"].0);
 }
 
 #[test]
@@ -108,7 +108,7 @@ fn max_latency_fails_a_slow_but_correct_answer() {
         apache.url("/")
     );
     let r = check(&dir, &probes, &[]);
-    assert_eq!(r["slow"].0, false);
+    assert!(!r["slow"].0);
     assert!(
         r["slow"].1.contains("slower than max_latency 100 ms"),
         "{:?}",
@@ -148,7 +148,7 @@ fn tcp_banner_proves_the_application_accepted() {
         "{:?}",
         r["ssh"]
     );
-    assert_eq!(r["wrong-banner"].0, false);
+    assert!(!r["wrong-banner"].0);
     assert!(
         r["wrong-banner"].1.contains("got \"220 mail ESMTP"),
         "{:?}",
