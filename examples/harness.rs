@@ -291,7 +291,7 @@ url = "http://127.0.0.1:{hook_port}/oncall"
         .spawn()
         .map_err(|e| format!("cannot run {}: {e}", watchdog.display()))?;
     let stderr = child.stderr.take().ok_or("no stderr")?;
-    let mut procs = Processes {
+    let procs = Processes {
         watchdog: Some(child),
         pidfile: pidfile.clone(),
     };
