@@ -144,3 +144,60 @@ fn bad_input_from_the_target_is_a_clear_failure_never_a_panic() {
         "a child of this test peaked at {peak_kib} KiB"
     );
 }
+
+/// Monit-style stop/start programs: run in order, without a shell, with the incident in env.
+#[test]
+fn stop_then_start_programs_get_the_incident_in_their_environment() {
+    use std::os::unix::fs::PermissionsExt;
+    let dir = TempDir::new("stopstart");
+    let apache = FakeApache::start(dir.path(), "status:502");
+    let log = dir.path().join("programs.log");
+    let script = dir.write(
+        "record.sh",
+        &format!("#!/bin/sh\necho \"$1 $WATCHDOG_PROBE $WATCHDOG_STATE incident=$WATCHDOG_INCIDENT action=$WATCHDOG_ACTION reason=$WATCHDOG_REASON\" >> {}\n", log.display()),
+    );
+    std::fs::set_permissions(&script, std::fs::Permissions::from_mode(0o755)).unwrap();
+    let cfg = dir.write(
+        "watchdog.toml",
+        &format!(
+            r#"[watchdog]
+state_dir = "state"
+
+[[probe]]
+name = "apache"
+kind = "http"
+url = "{url}"
+fail_after = 1
+
+[[rule]]
+probe = "apache"
+when = "down"
+do = ["restart"]
+
+[action.restart]
+kind = "command"
+stop = ["{script}", "stop"]
+start = ["{script}", "start"]
+"#,
+            url = apache.url("/"),
+            script = script.display()
+        ),
+    );
+    let (code, out, err) = watchdog(&["check", "-c", cfg.to_str().unwrap()]);
+    assert_eq!(code, 1, "{out}{err}");
+    let lines = std::fs::read_to_string(&log).unwrap_or_default();
+    let lines: Vec<&str> = lines.lines().collect();
+    assert_eq!(lines.len(), 2, "{lines:?}\n{out}");
+    assert!(
+        lines[0].starts_with("stop apache down incident=1 action=restart reason=HTTP 502 in "),
+        "{lines:?}"
+    );
+    assert!(
+        lines[1].starts_with("start apache down incident=1 action=restart reason=HTTP 502 in "),
+        "{lines:?}"
+    );
+    assert!(
+        out.contains("restart: record.sh: exit 0; record.sh: exit 0"),
+        "{out}"
+    );
+}

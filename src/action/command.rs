@@ -77,6 +77,38 @@ pub async fn run(
     }
 }
 
+/// Runs each argv in turn; a failed `stop` does not prevent the `start` after it (the service
+/// may be dead already), but the result reports it. One step: its own result.
+pub async fn run_steps(
+    steps: &[Vec<String>],
+    env: &[(String, String)],
+    timeout: Duration,
+) -> Result<String, String> {
+    if let [only] = steps {
+        return run(only, env, timeout).await;
+    }
+    let mut report = Vec::new();
+    let mut last = Ok(());
+    for argv in steps {
+        let name = argv
+            .first()
+            .map_or("?", |p| p.rsplit('/').next().unwrap_or(p));
+        match run(argv, env, timeout).await {
+            Ok(s) => {
+                report.push(format!("{name}: {s}"));
+                last = Ok(());
+            }
+            Err(e) => {
+                report.push(format!("{name}: {e}"));
+                last = Err(());
+            }
+        }
+    }
+    let report = report.join("; ");
+    // The last step (the start) decides: the service is running or it is not.
+    last.map(|()| report.clone()).map_err(|()| report)
+}
+
 async fn read_bounded(mut stream: impl AsyncReadExt + Unpin) -> Vec<u8> {
     let mut kept = Vec::new();
     let mut chunk = [0u8; 1024];

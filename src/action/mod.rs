@@ -48,7 +48,7 @@ impl Context {
 /// "sent SIGTERM to pid 812, exited after 40 ms; start: exit 0".
 pub async fn run_remedy(spec: &ActionSpec, ctx: &Context) -> Result<String, String> {
     match spec {
-        ActionSpec::Command(c) => command::run(&c.argv, &ctx.env(), c.timeout).await,
+        ActionSpec::Command(c) => command::run_steps(&c.steps, &ctx.env(), c.timeout).await,
         ActionSpec::Signal(s) => signal::run(s, &ctx.env()).await,
         ActionSpec::Webhook(_) => Err("a webhook is a pager, not a remedy".into()),
     }

@@ -743,7 +743,7 @@ fn which(program: &str) -> Option<PathBuf> {
 }
 
 fn check_action(ctx: &mut Ctx<'_>, a: &raw::Action) -> Option<ActionSpec> {
-    let command_keys = [("command", at(&a.command))];
+    let command_keys = [("command", at(&a.command)), ("stop", at(&a.stop))];
     let signal_keys = [
         ("pidfile", at(&a.pidfile)),
         ("signal", at(&a.signal)),
@@ -754,20 +754,42 @@ fn check_action(ctx: &mut Ctx<'_>, a: &raw::Action) -> Option<ActionSpec> {
     let kind = a.kind.get_ref().as_str();
     match kind {
         "command" => {
-            ctx.not_for_kind(kind, &signal_keys);
+            // `start` is shared with the signal kind; here it pairs with `stop`, monit-style.
+            ctx.not_for_kind(kind, &signal_keys[..3]);
             ctx.not_for_kind(kind, &webhook_keys);
             let timeout = ctx
                 .positive_duration("timeout", &a.timeout)
                 .unwrap_or(CommandAction::DEFAULT_TIMEOUT);
-            let Some(argv) = &a.command else {
-                ctx.error(
-                    a.kind.span().start,
-                    "a command action needs `command = [\"/path/to/program\", \"arg\", ...]`",
-                );
-                return None;
+            let steps = match (&a.command, &a.stop, &a.start) {
+                (Some(argv), None, None) => vec![check_argv(ctx, "command", argv)?],
+                (None, stop, Some(start)) => {
+                    let mut steps = Vec::new();
+                    if let Some(stop) = stop {
+                        steps.push(check_argv(ctx, "stop", stop)?);
+                    }
+                    steps.push(check_argv(ctx, "start", start)?);
+                    steps
+                }
+                (Some(argv), _, _) => {
+                    ctx.error(
+                        argv.span().start,
+                        "give either `command`, or `stop` and `start` (monit-style), not both",
+                    );
+                    return None;
+                }
+                (None, Some(stop), None) => {
+                    ctx.error(stop.span().start, "`stop` needs a `start` to follow it");
+                    return None;
+                }
+                (None, None, None) => {
+                    ctx.error(
+                        a.kind.span().start,
+                        "a command action needs `command = [\"/path/to/program\", \"arg\", ...]`, or `stop` and `start`",
+                    );
+                    return None;
+                }
             };
-            let argv = check_argv(ctx, "command", argv)?;
-            Some(ActionSpec::Command(CommandAction { argv, timeout }))
+            Some(ActionSpec::Command(CommandAction { steps, timeout }))
         }
         "signal" => {
             ctx.not_for_kind(kind, &command_keys);

@@ -194,10 +194,12 @@ impl ActionSpec {
     }
 }
 
-/// Runs an argv (never through a shell) with the incident in its environment.
+/// Runs argvs (never through a shell) in order, with the incident in their environment:
+/// `command`, or monit-style `stop` then `start`.
 #[derive(Debug, Clone)]
 pub struct CommandAction {
-    pub argv: Vec<String>,
+    pub steps: Vec<Vec<String>>,
+    /// Per step.
     pub timeout: Duration,
 }
 

@@ -104,10 +104,11 @@ pub struct Action {
     pub kind: Text,
     pub timeout: Option<Text>,
 
-    // command
+    // command: `command`, or monit-style `stop` then `start`
     pub command: Option<Spanned<Vec<Text>>>,
+    pub stop: Option<Spanned<Vec<Text>>>,
 
-    // signal
+    // signal (and `start` for command)
     pub pidfile: Option<Text>,
     pub signal: Option<Text>,
     pub kill_after: Option<Text>,
