@@ -186,7 +186,6 @@ struct Incident {
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct ProbeMemory {
     pub health: Health,
-    pub last_reason: String,
     incident: Option<Incident>,
 }
 
@@ -230,10 +229,8 @@ impl Engine {
             .entry(spec.probe.clone())
             .or_insert_with(|| ProbeMemory {
                 health: Health::new(now),
-                last_reason: String::new(),
                 incident: None,
             });
-        memory.last_reason = reason.to_string();
         let change = memory.health.observe(&spec.policy, ok, now);
 
         let mut fire_down_rules = false;
@@ -264,39 +261,14 @@ impl Engine {
                     }
                     State::Up => {
                         if let Some(incident) = memory.incident.take() {
-                            let view = view(spec, &memory.health, &incident, reason);
-                            for rule in spec.rules.iter().filter(|r| r.trigger == Trigger::Up) {
-                                for a in &rule.actions {
-                                    {
-                                        effects.push(match a.role {
-                                            Role::Remedy => Effect::Remedy {
-                                                action: a.name.clone(),
-                                                trigger: Trigger::Up,
-                                                incident: view.clone(),
-                                            },
-                                            Role::Page => Effect::Page {
-                                                pager: a.name.clone(),
-                                                event: PageEvent::Resolved,
-                                                summary: resolved_summary(spec, &incident, now),
-                                                incident: view.clone(),
-                                            },
-                                        });
-                                    }
-                                }
-                            }
-                            for pager in &incident.paged {
-                                let already = effects.iter().any(
-                                    |e| matches!(e, Effect::Page { pager: p, .. } if p == pager),
-                                );
-                                if !already {
-                                    effects.push(Effect::Page {
-                                        pager: pager.clone(),
-                                        event: PageEvent::Resolved,
-                                        summary: resolved_summary(spec, &incident, now),
-                                        incident: view.clone(),
-                                    });
-                                }
-                            }
+                            close_incident(
+                                spec,
+                                &memory.health,
+                                &incident,
+                                reason,
+                                now,
+                                &mut effects,
+                            );
                         }
                     }
                     State::Starting => {}
@@ -372,6 +344,55 @@ impl Engine {
         if incident.pending_remedies == 0 {
             memory.health.remedy_finished(&spec.policy, now);
         }
+    }
+}
+
+/// The probe is up again: run the `up` rules and resolve every page of the incident.
+fn close_incident(
+    spec: &ProbeRules,
+    health: &Health,
+    incident: &Incident,
+    reason: &str,
+    now: Timestamp,
+    effects: &mut Vec<Effect>,
+) {
+    let view = view(spec, health, incident, reason);
+    let summary = resolved_summary(spec, incident, now);
+    let mut resolved = BTreeSet::new();
+    let up_actions = spec
+        .rules
+        .iter()
+        .filter(|r| r.trigger == Trigger::Up)
+        .flat_map(|r| &r.actions);
+    for action in up_actions {
+        effects.push(match action.role {
+            Role::Remedy => Effect::Remedy {
+                action: action.name.clone(),
+                trigger: Trigger::Up,
+                incident: view.clone(),
+            },
+            Role::Page => {
+                resolved.insert(action.name.as_str());
+                Effect::Page {
+                    pager: action.name.clone(),
+                    event: PageEvent::Resolved,
+                    summary: summary.clone(),
+                    incident: view.clone(),
+                }
+            }
+        });
+    }
+    for pager in incident
+        .paged
+        .iter()
+        .filter(|p| !resolved.contains(p.as_str()))
+    {
+        effects.push(Effect::Page {
+            pager: pager.clone(),
+            event: PageEvent::Resolved,
+            summary: summary.clone(),
+            incident: view.clone(),
+        });
     }
 }
 
