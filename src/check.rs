@@ -146,14 +146,29 @@ pub async fn run(config: Config, selected: &[String], dry_run: bool) -> Result<R
     for &i in &indices {
         let spec = &config.probes[i];
         let probe = Probe::build(&spec.check, &mut clients);
+        if let Some(baseline) = saved.baselines.get(&spec.name) {
+            probe.restore(baseline);
+        }
         let timeout = spec.timeout;
-        checks.spawn(async move { (i, probe.run(timeout).await) });
+        checks.spawn(async move {
+            let outcome = probe.run(timeout).await;
+            (i, outcome, probe.snapshot())
+        });
     }
     let mut outcomes = Vec::new();
     while let Some(joined) = checks.join_next().await {
-        outcomes.push(joined.map_err(|e| format!("a probe task failed: {e}"))?);
+        let (i, outcome, snapshot) = joined.map_err(|e| format!("a probe task failed: {e}"))?;
+        if let Some(snapshot) = snapshot {
+            saved
+                .baselines
+                .insert(config.probes[i].name.clone(), snapshot);
+        }
+        outcomes.push((i, outcome));
     }
     outcomes.sort_by_key(|(i, _)| *i);
+    saved
+        .baselines
+        .retain(|name, _| config.probe(name).is_some());
 
     // 2. Decisions: the pure step, in config order.
     let now = clock::now();
@@ -163,7 +178,7 @@ pub async fn run(config: Config, selected: &[String], dry_run: bool) -> Result<R
         let spec = &config.probes[*i];
         for effect in saved
             .engine
-            .observe(&spec.rules, outcome.ok, &outcome.reason, now)
+            .observe(&spec.rules, outcome.verdict(), &outcome.reason, now)
         {
             effects.push((*i, effect));
         }

@@ -166,7 +166,7 @@ pub async fn run(
             Event::Observed { probe, outcome } => {
                 let spec = &config.probes[probe];
                 tracing::debug!(probe = %spec.name, ok = outcome.ok, reason = %outcome.reason, "checked");
-                let effects = engine.observe(&spec.rules, outcome.ok, &outcome.reason, now);
+                let effects = engine.observe(&spec.rules, outcome.verdict(), &outcome.reason, now);
                 for effect in effects {
                     carry_out(
                         effect,
@@ -352,6 +352,8 @@ async fn probe_loop(
     loop {
         let scheduled = tokio::select! {
             t = ticks.tick() => t,
+            // The kernel told the probe something (a process exited): check now, off-schedule.
+            _ = probe.next_event() => Instant::now(),
             _ = stop.wait_for(|s| *s) => return,
         };
         let permit = tokio::select! {

@@ -73,6 +73,16 @@ impl std::fmt::Display for State {
     }
 }
 
+/// What one check said.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Verdict {
+    Ok,
+    Fail,
+    /// A failure that needs no confirmation (the process is gone: the kernel said so), so the
+    /// probe goes down at once instead of after `fail_after` checks.
+    Dead,
+}
+
 /// What one observation changed.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Change {
@@ -137,7 +147,8 @@ impl Health {
     }
 
     /// Feeds one observation and reports what changed.
-    pub fn observe(&mut self, policy: &HealthPolicy, ok: bool, now: Timestamp) -> Change {
+    pub fn observe(&mut self, policy: &HealthPolicy, verdict: Verdict, now: Timestamp) -> Change {
+        let ok = verdict == Verdict::Ok;
         if let Hold::Until(t) = self.hold
             && now >= t
         {
@@ -169,7 +180,8 @@ impl Health {
         self.consecutive_successes = 0;
         self.consecutive_failures = self.consecutive_failures.saturating_add(1);
         self.push_history(true);
-        let tripped = self.consecutive_failures >= policy.fail_after
+        let tripped = verdict == Verdict::Dead
+            || self.consecutive_failures >= policy.fail_after
             || policy
                 .window
                 .is_some_and(|w| self.window_failures(w.of) >= w.failures);
@@ -239,7 +251,17 @@ mod tests {
             .chars()
             .enumerate()
             .map(|(i, c)| {
-                let change = h.observe(policy, c == '+', Timestamp::secs(i as u64 + 1));
+                let change = h.observe(
+                    policy,
+                    if c == '+' {
+                        Verdict::Ok
+                    } else if c == 'x' {
+                        Verdict::Dead
+                    } else {
+                        Verdict::Fail
+                    },
+                    Timestamp::secs(i as u64 + 1),
+                );
                 match (change, h.state) {
                     (Change::StillDown, _) => '!',
                     (_, State::Starting) => 's',
@@ -264,6 +286,10 @@ mod tests {
             ("+---++", "UUUDDU"),
             ("+---+-++", "UUUDDDDU"),
             ("----------", "ssDDDDDDDD"),
+            // x: the process is gone, no need to confirm
+            ("+x", "UD"),
+            ("x", "D"),
+            ("+x++", "UDDU"),
         ];
         for (script, want) in table {
             assert_eq!(run(&policy(), script), want, "script {script}");
@@ -291,25 +317,37 @@ mod tests {
         let p = policy();
         let mut h = Health::new(Timestamp::secs(0));
         for t in 1..=3 {
-            h.observe(&p, false, Timestamp::secs(t));
+            h.observe(&p, Verdict::Fail, Timestamp::secs(t));
         }
         assert_eq!(h.state, State::Down);
         h.remedy_started();
-        assert_eq!(h.observe(&p, false, Timestamp::secs(4)), Change::None);
+        assert_eq!(
+            h.observe(&p, Verdict::Fail, Timestamp::secs(4)),
+            Change::None
+        );
         h.remedy_finished(&p, Timestamp::secs(5));
         assert_eq!(h.hold, Hold::Until(Timestamp::secs(15)));
         for t in 6..15 {
             assert_eq!(
-                h.observe(&p, false, Timestamp::secs(t)),
+                h.observe(&p, Verdict::Fail, Timestamp::secs(t)),
                 Change::None,
                 "t={t}"
             );
         }
-        assert_eq!(h.observe(&p, false, Timestamp::secs(15)), Change::None);
-        assert_eq!(h.observe(&p, false, Timestamp::secs(16)), Change::None);
-        assert_eq!(h.observe(&p, false, Timestamp::secs(17)), Change::StillDown);
         assert_eq!(
-            h.observe(&p, false, Timestamp::secs(18)),
+            h.observe(&p, Verdict::Fail, Timestamp::secs(15)),
+            Change::None
+        );
+        assert_eq!(
+            h.observe(&p, Verdict::Fail, Timestamp::secs(16)),
+            Change::None
+        );
+        assert_eq!(
+            h.observe(&p, Verdict::Fail, Timestamp::secs(17)),
+            Change::StillDown
+        );
+        assert_eq!(
+            h.observe(&p, Verdict::Fail, Timestamp::secs(18)),
             Change::None,
             "once only"
         );
@@ -320,13 +358,13 @@ mod tests {
         let p = policy();
         let mut h = Health::new(Timestamp::secs(0));
         for t in 1..=3 {
-            h.observe(&p, false, Timestamp::secs(t));
+            h.observe(&p, Verdict::Fail, Timestamp::secs(t));
         }
         h.remedy_started();
         h.remedy_finished(&p, Timestamp::secs(4));
-        assert_eq!(h.observe(&p, true, Timestamp::secs(5)), Change::None);
+        assert_eq!(h.observe(&p, Verdict::Ok, Timestamp::secs(5)), Change::None);
         assert_eq!(
-            h.observe(&p, true, Timestamp::secs(6)),
+            h.observe(&p, Verdict::Ok, Timestamp::secs(6)),
             Change::Flip {
                 from: State::Down,
                 to: State::Up

@@ -22,7 +22,7 @@ use std::time::Duration;
 use serde::{Deserialize, Serialize};
 
 use crate::clock::Timestamp;
-use crate::health::{Change, Health, HealthPolicy, State};
+use crate::health::{Change, Health, HealthPolicy, State, Verdict};
 
 /// When a rule fires.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -218,7 +218,7 @@ impl Engine {
     pub fn observe(
         &mut self,
         spec: &ProbeRules,
-        ok: bool,
+        verdict: Verdict,
         reason: &str,
         now: Timestamp,
     ) -> Vec<Effect> {
@@ -231,7 +231,7 @@ impl Engine {
                 health: Health::new(now),
                 incident: None,
             });
-        let change = memory.health.observe(&spec.policy, ok, now);
+        let change = memory.health.observe(&spec.policy, verdict, now);
 
         let mut fire_down_rules = false;
         match change {
@@ -609,7 +609,8 @@ mod tests {
                 engine.remedy_finished(spec, action, "ok", Timestamp::secs(t));
             }
             finishing.retain(|(at, _)| *at != t);
-            for effect in engine.observe(spec, c == '+', "HTTP 504", Timestamp::secs(t)) {
+            let verdict = if c == '+' { Verdict::Ok } else { Verdict::Fail };
+            for effect in engine.observe(spec, verdict, "HTTP 504", Timestamp::secs(t)) {
                 match effect {
                     Effect::StateChanged { to, .. } => log.push(format!("{t}:{to}")),
                     Effect::Remedy { action, .. } => {

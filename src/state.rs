@@ -32,6 +32,9 @@ pub struct CheckState {
     pub engine: Engine,
     #[serde(default)]
     pub pending_pages: Vec<PendingPage>,
+    /// What probes remember between runs (counters for rates and OOM kills), by probe name.
+    #[serde(default)]
+    pub baselines: std::collections::BTreeMap<String, serde_json::Value>,
 }
 
 /// Loads the state in `dir`. Never fails: problems are returned as warnings to log.

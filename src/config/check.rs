@@ -15,8 +15,9 @@ use super::diagnostic::{Diagnostics, Source};
 use super::load::closest;
 use super::raw::{self, Count, Text};
 use super::{
-    ActionSpec, CheckSpec, CommandAction, Config, HttpCheck, ProbeSpec, SecretRef, SignalAction,
-    StatusRanges, TcpCheck, WatchdogSettings, WebhookAction,
+    ActionSpec, BacklogCheck, CheckSpec, CommandAction, Config, HttpCheck, Limit, MemoryCheck,
+    ProbeSpec, ProcessCheck, ProcessSelect, SecretRef, SignalAction, StatusRanges, TcpCheck,
+    WatchdogSettings, WebhookAction,
 };
 use crate::health::{HealthPolicy, Window};
 use crate::rules::{ActionRef, Budget, ProbeRules, Rule, Trigger};
@@ -381,46 +382,83 @@ fn check_probe(ctx: &mut Ctx<'_>, p: &raw::Probe, defaults: &Timing) -> Option<P
         );
     }
 
-    let http_keys = [
-        ("url", at(&p.url)),
-        ("method", at(&p.method)),
-        ("expect_status", at(&p.expect_status)),
-        ("max_latency", at(&p.max_latency)),
-        ("body_contains", at(&p.body_contains)),
-        ("body_matches", at(&p.body_matches)),
-        ("headers", at(&p.headers)),
-        ("host", at(&p.host)),
-        ("basic_auth_user", at(&p.basic_auth_user)),
-        ("basic_auth_password", at(&p.basic_auth_password)),
-        ("insecure_tls", at(&p.insecure_tls)),
-        ("max_body", at(&p.max_body)),
-    ];
-    let tcp_keys = [
-        ("address", at(&p.address)),
-        ("send", at(&p.send)),
-        ("expect", at(&p.expect)),
+    // Which keys belong to which kind: a key set for another kind is an error, not ignored.
+    let kind_keys = [
+        ("http", "url", at(&p.url)),
+        ("http", "method", at(&p.method)),
+        ("http", "expect_status", at(&p.expect_status)),
+        ("http", "max_latency", at(&p.max_latency)),
+        ("http", "body_contains", at(&p.body_contains)),
+        ("http", "body_matches", at(&p.body_matches)),
+        ("http", "headers", at(&p.headers)),
+        ("http", "host", at(&p.host)),
+        ("http", "basic_auth_user", at(&p.basic_auth_user)),
+        ("http", "basic_auth_password", at(&p.basic_auth_password)),
+        ("http", "insecure_tls", at(&p.insecure_tls)),
+        ("http", "max_body", at(&p.max_body)),
+        ("tcp", "address", at(&p.address)),
+        ("tcp", "send", at(&p.send)),
+        ("tcp", "expect", at(&p.expect)),
+        ("syn_backlog", "port", at(&p.port)),
+        ("syn_backlog", "bind", at(&p.bind)),
+        ("syn_backlog", "netns", at(&p.netns)),
+        ("syn_backlog", "max_accept_queue", at(&p.max_accept_queue)),
+        ("syn_backlog", "max_syn_recv", at(&p.max_syn_recv)),
+        (
+            "syn_backlog",
+            "max_overflows_per_s",
+            at(&p.max_overflows_per_s),
+        ),
+        ("process", "pidfile", at(&p.pidfile)),
+        ("process", "exe", at(&p.exe)),
+        ("process", "process_name", at(&p.process_name)),
+        ("process", "cmdline", at(&p.cmdline)),
+        ("process", "unit", at(&p.unit)),
+        ("process", "min_children", at(&p.min_children)),
+        ("process", "max_children", at(&p.max_children)),
+        ("process", "max_rss", at(&p.max_rss)),
+        ("process", "max_cpu", at(&p.max_cpu)),
+        ("process", "max_fds", at(&p.max_fds)),
+        ("process", "min_uptime", at(&p.min_uptime)),
+        ("memory", "cgroup", at(&p.cgroup)),
+        ("memory", "max_psi_some_avg10", at(&p.max_psi_some_avg10)),
+        ("memory", "max_psi_full_avg10", at(&p.max_psi_full_avg10)),
+        ("memory", "min_available", at(&p.min_available)),
+        ("memory", "max_swap_used", at(&p.max_swap_used)),
+        ("memory", "oom_kills", at(&p.oom_kills)),
+        ("memory", "psi_trigger", at(&p.psi_trigger)),
     ];
 
     let kind = p.kind.get_ref().as_str();
-    let check = match kind {
-        "http" => {
-            ctx.not_for_kind(kind, &tcp_keys);
-            CheckSpec::Http(check_http(ctx, p, &timing)?)
-        }
-        "tcp" => {
-            ctx.not_for_kind(kind, &http_keys);
-            CheckSpec::Tcp(check_tcp(ctx, p)?)
-        }
-        other => {
-            let hint = closest(other, &["http", "tcp"])
-                .map(|s| format!(" (did you mean \"{s}\"?)"))
-                .unwrap_or_default();
+    if !CheckSpec::KINDS.contains(&kind) {
+        let hint = closest(kind, &CheckSpec::KINDS)
+            .map(|s| format!(" (did you mean \"{s}\"?)"))
+            .unwrap_or_default();
+        ctx.error(
+            p.kind.span().start,
+            format!(
+                "unknown probe kind \"{kind}\"{hint}; known kinds: {}",
+                CheckSpec::KINDS.join(", ")
+            ),
+        );
+        return None;
+    }
+    for (owner, key, at) in kind_keys {
+        if let Some(at) = at
+            && owner != kind
+        {
             ctx.error(
-                p.kind.span().start,
-                format!("unknown probe kind \"{other}\"{hint}; known kinds: http, tcp"),
+                at,
+                format!("`{key}` does not apply to kind \"{kind}\" (it is a `{owner}` key)"),
             );
-            return None;
         }
+    }
+    let check = match kind {
+        "http" => CheckSpec::Http(check_http(ctx, p, &timing)?),
+        "tcp" => CheckSpec::Tcp(check_tcp(ctx, p)?),
+        "syn_backlog" => CheckSpec::SynBacklog(check_backlog(ctx, p)?),
+        "process" => CheckSpec::Process(check_process(ctx, p)?),
+        _ => CheckSpec::Memory(check_memory(ctx, p)?),
     };
     let name = p.name.get_ref().clone();
     Some(ProbeSpec {
@@ -654,6 +692,270 @@ fn check_tcp(ctx: &mut Ctx<'_>, p: &raw::Probe) -> Option<TcpCheck> {
         address: a.clone(),
         send: p.send.as_ref().map(|s| s.get_ref().clone()),
         expect: p.expect.as_ref().map(|s| s.get_ref().clone()),
+    })
+}
+
+fn check_backlog(ctx: &mut Ctx<'_>, p: &raw::Probe) -> Option<BacklogCheck> {
+    let Some(port) = &p.port else {
+        ctx.error(
+            p.kind.span().start,
+            "a syn_backlog probe needs `port` (the listening port)",
+        );
+        return None;
+    };
+    let Some(port_number) = u16::try_from(*port.get_ref()).ok().filter(|n| *n > 0) else {
+        ctx.error(
+            port.span().start,
+            format!("`port` {} is not a TCP port (1-65535)", port.get_ref()),
+        );
+        return None;
+    };
+    let mut ok = true;
+    let bind = match &p.bind {
+        Some(b) => match b.get_ref().parse::<std::net::IpAddr>() {
+            Ok(ip) => Some(ip),
+            Err(_) => {
+                ctx.error(
+                    b.span().start,
+                    format!("`bind` `{}` is not an IP address", b.get_ref()),
+                );
+                ok = false;
+                None
+            }
+        },
+        None => None,
+    };
+    let netns = p.netns.as_ref().map(|n| PathBuf::from(n.get_ref()));
+    if let (Some(path), Some(text)) = (&netns, &p.netns)
+        && !path.exists()
+    {
+        ctx.warn(
+            text.span().start,
+            format!("`netns` {} does not exist on this machine", path.display()),
+        );
+    }
+    let max_accept_queue = match &p.max_accept_queue {
+        None => Limit::Percent(90.0),
+        Some(a) => {
+            let parsed = match a.get_ref() {
+                raw::Amount::Count(n) => u64::try_from(*n)
+                    .map(Limit::Absolute)
+                    .map_err(|_| format!("{n} is negative")),
+                raw::Amount::Text(t) => Limit::parse(t, |s| s.parse().ok()),
+            };
+            match parsed {
+                Ok(l) => l,
+                Err(e) => {
+                    ctx.error(
+                        a.span().start,
+                        format!("`max_accept_queue`: {e}; write e.g. \"80%\" or 100"),
+                    );
+                    ok = false;
+                    Limit::Percent(90.0)
+                }
+            }
+        }
+    };
+    let max_syn_recv = ctx.count("max_syn_recv", &p.max_syn_recv);
+    let max_overflows_per_s = p.max_overflows_per_s.as_ref().and_then(|r| {
+        if *r.get_ref() >= 0.0 && r.get_ref().is_finite() {
+            Some(*r.get_ref())
+        } else {
+            ctx.error(r.span().start, "`max_overflows_per_s` must be a number ≥ 0");
+            ok = false;
+            None
+        }
+    });
+    ok.then_some(BacklogCheck {
+        port: port_number,
+        bind,
+        netns,
+        max_accept_queue,
+        max_syn_recv,
+        max_overflows_per_s,
+    })
+}
+
+fn check_process(ctx: &mut Ctx<'_>, p: &raw::Probe) -> Option<ProcessCheck> {
+    let selectors: Vec<(&str, &Text)> = [
+        ("pidfile", &p.pidfile),
+        ("exe", &p.exe),
+        ("process_name", &p.process_name),
+        ("cmdline", &p.cmdline),
+        ("unit", &p.unit),
+    ]
+    .into_iter()
+    .filter_map(|(k, v)| v.as_ref().map(|v| (k, v)))
+    .collect();
+    let select = match selectors.as_slice() {
+        [] => {
+            ctx.error(
+                p.kind.span().start,
+                "a process probe needs one of `pidfile`, `exe`, `process_name`, `cmdline`, `unit`",
+            );
+            return None;
+        }
+        [(key, value)] => {
+            let v = value.get_ref();
+            match *key {
+                "pidfile" | "exe" if !v.starts_with('/') => {
+                    ctx.error(
+                        value.span().start,
+                        format!("`{key}` must be an absolute path"),
+                    );
+                    return None;
+                }
+                "pidfile" => ProcessSelect::Pidfile(PathBuf::from(v)),
+                "exe" => ProcessSelect::Exe(PathBuf::from(v)),
+                "process_name" if v.is_empty() || v.len() > 15 => {
+                    ctx.error(value.span().start, "`process_name` is the kernel's comm: 1 to 15 characters (use `cmdline` for longer)");
+                    return None;
+                }
+                "process_name" => ProcessSelect::Name(v.clone()),
+                "cmdline" => match regex::Regex::new(v) {
+                    Ok(re) => ProcessSelect::Cmdline(re),
+                    Err(e) => {
+                        ctx.error(
+                            value.span().start,
+                            format!("`cmdline` is not a valid regex: {e}"),
+                        );
+                        return None;
+                    }
+                },
+                _ => ProcessSelect::Unit(v.clone()),
+            }
+        }
+        [_, (key, value), ..] => {
+            ctx.error(
+                value.span().start,
+                format!("`{key}`: give only one way to find the process"),
+            );
+            return None;
+        }
+    };
+    let mut ok = true;
+    let max_rss = match &p.max_rss {
+        Some(t) => match parse_size(t.get_ref()) {
+            Ok(n) if n > 0 => Some(n as u64),
+            _ => {
+                ctx.error(
+                    t.span().start,
+                    format!(
+                        "`max_rss` `{}` is not a size; write e.g. \"500MiB\"",
+                        t.get_ref()
+                    ),
+                );
+                ok = false;
+                None
+            }
+        },
+        None => None,
+    };
+    let max_cpu_percent = match &p.max_cpu {
+        Some(t) => match t
+            .get_ref()
+            .trim()
+            .strip_suffix('%')
+            .and_then(|v| v.trim().parse::<f64>().ok())
+        {
+            Some(v) if v > 0.0 => Some(v),
+            _ => {
+                ctx.error(t.span().start, format!("`max_cpu` `{}` is not a percentage of one core; write e.g. \"90%\" or \"250%\"", t.get_ref()));
+                ok = false;
+                None
+            }
+        },
+        None => None,
+    };
+    let min_children = p
+        .min_children
+        .as_ref()
+        .and_then(|c| u32::try_from(*c.get_ref()).ok());
+    let max_children = ctx.count("max_children", &p.max_children);
+    if let (Some(lo), Some(hi)) = (min_children, max_children)
+        && lo > hi
+    {
+        ctx.error(
+            at(&p.min_children).unwrap_or(0),
+            format!("`min_children` ({lo}) is above `max_children` ({hi})"),
+        );
+        ok = false;
+    }
+    let max_fds = ctx.count("max_fds", &p.max_fds);
+    let min_uptime = ctx.duration("min_uptime", &p.min_uptime);
+    ok.then_some(ProcessCheck {
+        select,
+        min_children,
+        max_children,
+        max_rss,
+        max_cpu_percent,
+        max_fds,
+        min_uptime,
+    })
+}
+
+fn check_memory(ctx: &mut Ctx<'_>, p: &raw::Probe) -> Option<MemoryCheck> {
+    let mut ok = true;
+    let mut percent = |key: &str, v: &Option<Spanned<f64>>| -> Option<f64> {
+        let v = v.as_ref()?;
+        if (0.0..=100.0).contains(v.get_ref()) {
+            Some(*v.get_ref())
+        } else {
+            ctx.error(v.span().start, format!("`{key}` is a percentage: 0 to 100"));
+            ok = false;
+            None
+        }
+    };
+    let max_psi_some_avg10 = percent("max_psi_some_avg10", &p.max_psi_some_avg10);
+    let max_psi_full_avg10 = percent("max_psi_full_avg10", &p.max_psi_full_avg10).or(Some(60.0));
+    let mut limit = |key: &str, t: &Option<Text>| -> Option<Limit> {
+        let t = t.as_ref()?;
+        match Limit::parse(t.get_ref(), |s| parse_size(s).ok().map(|n| n as u64)) {
+            Ok(l) => Some(l),
+            Err(e) => {
+                ctx.error(
+                    t.span().start,
+                    format!("`{key}`: {e}; write e.g. \"10%\" or \"512MiB\""),
+                );
+                ok = false;
+                None
+            }
+        }
+    };
+    let min_available = limit("min_available", &p.min_available).or(Some(Limit::Percent(10.0)));
+    let max_swap_used = limit("max_swap_used", &p.max_swap_used);
+    let cgroup = p.cgroup.as_ref().map(|c| PathBuf::from(c.get_ref()));
+    if let (Some(path), Some(text)) = (&cgroup, &p.cgroup)
+        && !path.is_dir()
+    {
+        ctx.warn(
+            text.span().start,
+            format!(
+                "`cgroup` {} is not a directory on this machine",
+                path.display()
+            ),
+        );
+    }
+    let psi_trigger = p.psi_trigger.as_ref().and_then(|t| {
+        let parts: Vec<&str> = t.get_ref().split_whitespace().collect();
+        let valid = matches!(parts.as_slice(), [kind, stall, window]
+            if matches!(*kind, "some" | "full") && stall.parse::<u64>().is_ok() && window.parse::<u64>().is_ok());
+        if valid {
+            Some(t.get_ref().clone())
+        } else {
+            ctx.error(t.span().start, "`psi_trigger` is \"some|full STALL_US WINDOW_US\", e.g. \"some 150000 2000000\"");
+            ok = false;
+            None
+        }
+    });
+    ok.then_some(MemoryCheck {
+        cgroup,
+        max_psi_some_avg10,
+        max_psi_full_avg10,
+        min_available,
+        max_swap_used,
+        oom_kills: p.oom_kills.as_ref().is_none_or(|b| *b.get_ref()),
+        psi_trigger,
     })
 }
 

@@ -76,15 +76,131 @@ pub struct ProbeSpec {
 pub enum CheckSpec {
     Http(HttpCheck),
     Tcp(TcpCheck),
+    SynBacklog(BacklogCheck),
+    Process(ProcessCheck),
+    Memory(MemoryCheck),
 }
 
 impl CheckSpec {
+    pub const KINDS: [&str; 5] = ["http", "tcp", "syn_backlog", "process", "memory"];
+
     pub fn kind(&self) -> &'static str {
         match self {
             CheckSpec::Http(_) => "http",
             CheckSpec::Tcp(_) => "tcp",
+            CheckSpec::SynBacklog(_) => "syn_backlog",
+            CheckSpec::Process(_) => "process",
+            CheckSpec::Memory(_) => "memory",
         }
     }
+}
+
+/// A limit given as a number or as a share of a maximum: `4` or `"80%"`.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub enum Limit {
+    Absolute(u64),
+    /// 0.0 ..= 100.0
+    Percent(f64),
+}
+
+impl Limit {
+    /// Parses `"80%"`, `"12.5%"`, or a size with `parse_bytes` semantics (`"500MiB"`, `"1024"`).
+    pub fn parse(
+        text: &str,
+        parse_absolute: impl Fn(&str) -> Option<u64>,
+    ) -> Result<Limit, String> {
+        let t = text.trim();
+        if let Some(p) = t.strip_suffix('%') {
+            return match p.trim().parse::<f64>() {
+                Ok(v) if (0.0..=100.0).contains(&v) => Ok(Limit::Percent(v)),
+                _ => Err(format!("`{t}` is not a percentage between 0% and 100%")),
+            };
+        }
+        parse_absolute(t)
+            .map(Limit::Absolute)
+            .ok_or_else(|| format!("`{t}` is neither a percentage nor an amount"))
+    }
+
+    /// The limit as an absolute value, given what 100% is.
+    pub fn of(&self, total: u64) -> u64 {
+        match self {
+            Limit::Absolute(v) => *v,
+            Limit::Percent(p) => (total as f64 * p / 100.0).round() as u64,
+        }
+    }
+}
+
+impl std::fmt::Display for Limit {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Limit::Absolute(v) => write!(f, "{v}"),
+            Limit::Percent(p) => write!(f, "{p}%"),
+        }
+    }
+}
+
+/// `kind = "syn_backlog"`: a listening socket's accept queue, half-open connections, and the
+/// host's (or network namespace's) listen-overflow counters.
+#[derive(Debug, Clone)]
+pub struct BacklogCheck {
+    pub port: u16,
+    /// Only listeners bound to this address (default: any address, IPv4 and IPv6).
+    pub bind: Option<std::net::IpAddr>,
+    /// Look inside this network namespace (e.g. `/run/netns/h1`, `/proc/PID/ns/net`).
+    pub netns: Option<PathBuf>,
+    /// Of the listener's backlog (its maximum accept queue). Default 90%.
+    pub max_accept_queue: Limit,
+    pub max_syn_recv: Option<u32>,
+    /// ListenOverflows per second (TcpExt, namespace-wide).
+    pub max_overflows_per_s: Option<f64>,
+}
+
+/// How a `process` probe finds its process.
+#[derive(Debug, Clone)]
+pub enum ProcessSelect {
+    Pidfile(PathBuf),
+    /// The oldest process whose /proc/PID/exe is this path.
+    Exe(PathBuf),
+    /// The oldest process whose comm (/proc/PID/comm, 15 chars) is this.
+    Name(String),
+    /// The oldest process whose command line (args joined by spaces) matches.
+    Cmdline(regex::Regex),
+    /// The oldest process in this systemd unit's cgroup (e.g. `apache2.service`).
+    Unit(String),
+}
+
+/// `kind = "process"`: a process is alive (not a zombie) and within limits.
+#[derive(Debug, Clone)]
+pub struct ProcessCheck {
+    pub select: ProcessSelect,
+    pub min_children: Option<u32>,
+    pub max_children: Option<u32>,
+    /// Bytes.
+    pub max_rss: Option<u64>,
+    /// Percent of one core over the last interval.
+    pub max_cpu_percent: Option<f64>,
+    pub max_fds: Option<u32>,
+    pub min_uptime: Option<Duration>,
+}
+
+/// `kind = "memory"`: pressure, available memory, swap and OOM kills, for the host or a cgroup.
+#[derive(Debug, Clone)]
+pub struct MemoryCheck {
+    /// A cgroup directory (v1 memory controller or v2); default: the whole host.
+    pub cgroup: Option<PathBuf>,
+    /// Percent (PSI `some` avg10).
+    pub max_psi_some_avg10: Option<f64>,
+    /// Percent (PSI `full` avg10). Default 60, systemd-oomd's threshold.
+    pub max_psi_full_avg10: Option<f64>,
+    /// Of MemTotal (or the cgroup's limit). Default 10%, earlyoom's threshold.
+    pub min_available: Option<Limit>,
+    /// Of SwapTotal.
+    pub max_swap_used: Option<Limit>,
+    /// Any OOM kill since the previous check fails it (default true).
+    pub oom_kills: bool,
+    /// A PSI trigger (`"some 150000 2000000"`: 150 ms stalled in a 2 s window) that runs the
+    /// check at once when the kernel fires it.
+    pub psi_trigger: Option<String>,
 }
 
 #[derive(Debug, Clone)]

@@ -76,6 +76,44 @@ pub struct Probe {
     pub address: Option<Text>,
     pub send: Option<Text>,
     pub expect: Option<Text>,
+
+    // syn_backlog
+    pub port: Option<Count>,
+    pub bind: Option<Text>,
+    pub netns: Option<Text>,
+    pub max_accept_queue: Option<Spanned<Amount>>,
+    pub max_syn_recv: Option<Count>,
+    pub max_overflows_per_s: Option<Spanned<f64>>,
+
+    // process
+    pub pidfile: Option<Text>,
+    pub exe: Option<Text>,
+    pub process_name: Option<Text>,
+    pub cmdline: Option<Text>,
+    pub unit: Option<Text>,
+    pub min_children: Option<Count>,
+    pub max_children: Option<Count>,
+    pub max_rss: Option<Text>,
+    pub max_cpu: Option<Text>,
+    pub max_fds: Option<Count>,
+    pub min_uptime: Option<Text>,
+
+    // memory
+    pub cgroup: Option<Text>,
+    pub max_psi_some_avg10: Option<Spanned<f64>>,
+    pub max_psi_full_avg10: Option<Spanned<f64>>,
+    pub min_available: Option<Text>,
+    pub max_swap_used: Option<Text>,
+    pub oom_kills: Option<Spanned<bool>>,
+    pub psi_trigger: Option<Text>,
+}
+
+/// A count or a percentage: `4` or `"80%"`.
+#[derive(Debug, Deserialize, Clone)]
+#[serde(untagged)]
+pub enum Amount {
+    Count(i64),
+    Text(String),
 }
 
 /// `expect_status = 200`, `"200-399"`, or `"200,204,300-399"`.

@@ -8,7 +8,10 @@
 //! The hard timeout is applied here, around the whole check, so no target can hold a probe
 //! task (and its slot among the in-flight checks) longer than `timeout`.
 
+pub mod backlog;
 mod http;
+pub mod memory;
+pub mod process;
 mod tcp;
 
 use std::sync::Mutex;
@@ -22,6 +25,8 @@ pub use http::HttpClients;
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Outcome {
     pub ok: bool,
+    /// A failure the kernel vouches for (the process exited): down at once, no `fail_after`.
+    pub certain: bool,
     pub latency: Duration,
     /// "HTTP 504 in 12 ms", "connect timeout after 2s", "body lacks 'BusyWorkers'".
     pub reason: String,
@@ -31,6 +36,7 @@ impl Outcome {
     pub fn ok(latency: Duration, reason: impl Into<String>) -> Self {
         Outcome {
             ok: true,
+            certain: false,
             latency,
             reason: reason.into(),
         }
@@ -39,8 +45,28 @@ impl Outcome {
     pub fn fail(latency: Duration, reason: impl Into<String>) -> Self {
         Outcome {
             ok: false,
+            certain: false,
             latency,
             reason: reason.into(),
+        }
+    }
+
+    /// A failure that needs no confirmation: see [`Outcome::certain`].
+    pub fn dead(latency: Duration, reason: impl Into<String>) -> Self {
+        Outcome {
+            ok: false,
+            certain: true,
+            latency,
+            reason: reason.into(),
+        }
+    }
+
+    pub fn verdict(&self) -> crate::health::Verdict {
+        use crate::health::Verdict;
+        match (self.ok, self.certain) {
+            (true, _) => Verdict::Ok,
+            (false, true) => Verdict::Dead,
+            (false, false) => Verdict::Fail,
         }
     }
 }
@@ -50,6 +76,9 @@ impl Outcome {
 pub enum Probe {
     Http(Box<http::HttpProbe>),
     Tcp(tcp::TcpProbe),
+    SynBacklog(backlog::BacklogProbe),
+    Process(process::ProcessProbe),
+    Memory(memory::MemoryProbe),
 }
 
 impl Probe {
@@ -57,6 +86,43 @@ impl Probe {
         match spec {
             CheckSpec::Http(c) => Probe::Http(Box::new(http::HttpProbe::new(c.clone(), clients))),
             CheckSpec::Tcp(c) => Probe::Tcp(tcp::TcpProbe::new(c.clone())),
+            CheckSpec::SynBacklog(c) => Probe::SynBacklog(backlog::BacklogProbe::new(c.clone())),
+            CheckSpec::Process(c) => Probe::Process(process::ProcessProbe::new(c.clone())),
+            CheckSpec::Memory(c) => Probe::Memory(memory::MemoryProbe::new(c.clone())),
+        }
+    }
+
+    /// Completes when the kernel says something happened that should be checked now, ahead of
+    /// the schedule: a watched process exited, a PSI trigger fired. Probes without events
+    /// never complete it. Cancel-safe: the daemon selects on it against the next tick. It
+    /// completes once per happening (a probe re-arms in its next check), never in a loop.
+    pub async fn next_event(&self) {
+        match self {
+            Probe::Http(_) | Probe::Tcp(_) => std::future::pending::<()>().await,
+            Probe::SynBacklog(p) => p.next_event().await,
+            Probe::Process(p) => p.next_event().await,
+            Probe::Memory(p) => p.next_event().await,
+        }
+    }
+
+    /// What a probe remembers between checks (counters for rates, the OOM kill count), for
+    /// `watchdog check` to keep in its state file between runs.
+    pub fn snapshot(&self) -> Option<serde_json::Value> {
+        match self {
+            Probe::Http(_) | Probe::Tcp(_) => None,
+            Probe::SynBacklog(p) => p.snapshot(),
+            Probe::Process(p) => p.snapshot(),
+            Probe::Memory(p) => p.snapshot(),
+        }
+    }
+
+    /// Restores what [`Probe::snapshot`] returned in an earlier run.
+    pub fn restore(&self, snapshot: &serde_json::Value) {
+        match self {
+            Probe::Http(_) | Probe::Tcp(_) => {}
+            Probe::SynBacklog(p) => p.restore(snapshot),
+            Probe::Process(p) => p.restore(snapshot),
+            Probe::Memory(p) => p.restore(snapshot),
         }
     }
 
@@ -71,6 +137,9 @@ impl Probe {
                 match self {
                     Probe::Http(p) => p.check(&phase, started).await,
                     Probe::Tcp(p) => p.check(&phase, started).await,
+                    Probe::SynBacklog(p) => p.check(&phase, started).await,
+                    Probe::Process(p) => p.check(&phase, started).await,
+                    Probe::Memory(p) => p.check(&phase, started).await,
                 }
             };
             tokio::time::timeout(timeout, check).await
