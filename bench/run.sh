@@ -120,6 +120,8 @@ if [[ ${BENCH_BUILD:-0} == 1 || ! -x $WATCHDOG || ! -x $FAKE_APACHE ]]; then
     (cd "$ROOT" && cargo build --release --bins --examples)
 fi
 MONIT_VERSION=$(monit -V | head -n1)
+REV=$(git -C "$ROOT" rev-parse --short HEAD 2>/dev/null || echo unknown)
+[[ -n $(git -C "$ROOT" status --porcelain --untracked-files=no 2>/dev/null) ]] && REV="$REV (+ uncommitted changes)"
 
 # --- /proc helpers ---------------------------------------------------------------------------
 cpu_ticks() { # utime+stime of PID, in clock ticks (fields 14 and 15, counted after the comm)
@@ -143,6 +145,7 @@ status_kb() { # status_kb PID FIELD -> value in kB (VmRSS, VmHWM)
 }
 threads() { status_kb "$1" Threads; }
 mib() { awk -v k="$1" 'BEGIN { printf "%.2f", k / 1024 }'; }
+ms() { awk -v v="$1" 'BEGIN { printf "%.2f", v }'; }
 port_free() { ! (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null; }
 wait_port() { # wait_port PORT: up to 10 s for a listener
     local i
@@ -227,7 +230,7 @@ run_watchdog_load() { # run_watchdog_load N
     "${PIN_MEASURED[@]}" "$WATCHDOG" --log-format json run --config "$cfg" 2>"$wlog" &
     pid=$!
     PIDS+=("$pid")
-    for ((i = 0; i < 600; i++)); do # up to 60 s to load the config and spawn the probes
+    for ((i = 0; i < 1800; i++)); do # up to 180 s to load the config and spawn the probes
         grep -q '"watchdog running"' "$wlog" && break
         kill -0 "$pid" 2>/dev/null || die "watchdog exited at start: $(tail -n5 "$wlog")"
         sleep 0.1
@@ -254,16 +257,16 @@ run_watchdog_load() { # run_watchdog_load N
 
     line=$(grep '"scheduler lateness"' "$wlog" | tail -n1) || die "no lateness line in $wlog"
     [[ $line =~ \"checks\":([0-9]+) ]] && R_CHECKS=${BASH_REMATCH[1]}
-    [[ $line =~ \"p50_ms\":([0-9.eE+-]+) ]] && R_P50=${BASH_REMATCH[1]}
-    [[ $line =~ \"p99_ms\":([0-9.eE+-]+) ]] && R_P99=${BASH_REMATCH[1]}
-    [[ $line =~ \"max_ms\":([0-9.eE+-]+) ]] && R_MAX=${BASH_REMATCH[1]}
+    [[ $line =~ \"p50_ms\":([0-9.eE+-]+) ]] && R_P50=$(ms "${BASH_REMATCH[1]}")
+    [[ $line =~ \"p99_ms\":([0-9.eE+-]+) ]] && R_P99=$(ms "${BASH_REMATCH[1]}")
+    [[ $line =~ \"max_ms\":([0-9.eE+-]+) ]] && R_MAX=$(ms "${BASH_REMATCH[1]}")
     R_SERVED=$((servedB - servedA))
     R_UNANSWERED=$((R_CHECKS - (served1 - served0)))
     R_DOWNS=$(grep -c '"state":"down"' "$wlog" || true)
     R_ERRORS=$(grep -c '"level":"ERROR"' "$wlog" || true)
     R_CPU=$(awk -v t=$((ticksB - ticksA)) -v hz="$CLK_TCK" -v w="$BENCH_SECONDS" 'BEGIN { printf "%.1f", 100 * t / hz / w }')
     R_CPU_PER_CHECK=$(awk -v t=$((ticksB - ticksA)) -v hz="$CLK_TCK" -v c="$R_SERVED" 'BEGIN { printf "%.3f", c ? 1000 * t / hz / c : 0 }')
-    log "  cpu ${R_CPU}%, hwm $(mib "$R_HWM") MiB, checks $R_CHECKS, p50 ${R_P50} ms, p99 ${R_P99} ms, max ${R_MAX} ms, unanswered $R_UNANSWERED, down $R_DOWNS, errors $R_ERRORS"
+    log "  startup ${R_STARTUP} s, cpu ${R_CPU}%, rss $(mib "$R_RSS") MiB, hwm $(mib "$R_HWM") MiB, threads $R_THREADS, checks $R_CHECKS, p50 ${R_P50} ms, p99 ${R_P99} ms, max ${R_MAX} ms, unanswered $R_UNANSWERED, down $R_DOWNS, errors $R_ERRORS"
     if ((R_ERRORS > 0 || R_DOWNS > 0)); then
         grep -E '"level":"(ERROR|WARN)"' "$wlog" | grep -v 'config: ' | head -n3 >&2 || true
     fi
@@ -408,7 +411,7 @@ yes_no() { awk -v v="$1" -v lim="$2" 'BEGIN { print (v + 0 < lim + 0) ? "yes" : 
 echo
 echo "## uptime-watchdog benchmark"
 echo
-echo "$(uname -sr), $NCPU CPUs, $PLACEMENT; $MONIT_VERSION; window ${BENCH_SECONDS} s, interval ${BENCH_INTERVAL} s, ${BENCH_SERVERS} fake_apache servers"
+echo "commit $REV; $(uname -sr), $NCPU CPUs, $PLACEMENT; $MONIT_VERSION; window ${BENCH_SECONDS} s, interval ${BENCH_INTERVAL} s, ${BENCH_SERVERS} fake_apache servers"
 echo
 echo "### 1. Idle (after ${IDLE_SECONDS} s; 8080 target: $IDLE_TARGET)"
 echo
@@ -422,15 +425,15 @@ echo "Target idle RSS < 6 MiB: $(yes_no "$(mib "$IW_RSS")" 6) ($(mib "$IW_RSS") 
 echo
 echo "### 2-3. Load: http checks every ${BENCH_INTERVAL} s (CPU and RSS over the ${BENCH_SECONDS} s window)"
 echo
-echo "| | checks/s answered | CPU % of 1 core | CPU ms/check | VmHWM MiB | checks (lateness) | p50 ms | p99 ms | max ms | unanswered | probes down | errors | startup s |"
-echo "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|"
+echo "| | checks/s answered | CPU % of 1 core | CPU ms/check | VmRSS MiB (end) | VmHWM MiB | checks (lateness) | p50 ms | p99 ms | max ms | unanswered | probes down | errors | startup s |"
+echo "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|"
 for n in $BENCH_SIZES; do
     rate=$(awk -v c="${W[$n,SERVED]}" -v w="$BENCH_SECONDS" 'BEGIN { printf "%.0f", c / w }')
-    echo "| watchdog, $n probes | $rate | ${W[$n,CPU]} | ${W[$n,CPU_PER_CHECK]} | $(mib "${W[$n,HWM]}") | ${W[$n,CHECKS]} | ${W[$n,P50]} | ${W[$n,P99]} | ${W[$n,MAX]} | ${W[$n,UNANSWERED]} | ${W[$n,DOWNS]} | ${W[$n,ERRORS]} | ${W[$n,STARTUP]} |"
+    echo "| watchdog, $n probes | $rate | ${W[$n,CPU]} | ${W[$n,CPU_PER_CHECK]} | $(mib "${W[$n,RSS]}") | $(mib "${W[$n,HWM]}") | ${W[$n,CHECKS]} | ${W[$n,P50]} | ${W[$n,P99]} | ${W[$n,MAX]} | ${W[$n,UNANSWERED]} | ${W[$n,DOWNS]} | ${W[$n,ERRORS]} | ${W[$n,STARTUP]} |"
 done
 for n in $MONIT_SIZES; do
     rate=$(awk -v c="${M[$n,SERVED]}" -v w="$BENCH_SECONDS" 'BEGIN { printf "%.0f", c / w }')
-    echo "| monit, $n checks | $rate | ${M[$n,CPU]} | ${M[$n,CPU_PER_CHECK]} | $(mib "${M[$n,HWM]}") | – | – | – | – | – | ${M[$n,FAILED]} failed | – | – |"
+    echo "| monit, $n checks | $rate | ${M[$n,CPU]} | ${M[$n,CPU_PER_CHECK]} | $(mib "${M[$n,RSS]}") | $(mib "${M[$n,HWM]}") | – | – | – | – | ${M[$n,FAILED]} failed | – | – | – |"
 done
 echo
 for n in $MONIT_SIZES; do
@@ -449,4 +452,5 @@ if [[ -n ${W[10000,P99]:-} ]]; then
     echo "Target 10,000 probes, p99 lateness < 50 ms on one core: $(yes_no "${W[10000,P99]}" 50) (p99 ${W[10000,P99]} ms, CPU ${W[10000,CPU]} % of CPU 0)."
 fi
 echo
+echo "Load average at the end: $(</proc/loadavg) (anything else running skews the CPU figures)."
 echo "unanswered = checks the watchdog started minus requests the servers answered during its run (in-flight checks cancelled at stop count here); probes down = \"state changed\" lines to down; errors = ERROR lines in the watchdog log."

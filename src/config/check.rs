@@ -316,14 +316,16 @@ fn check_watchdog(main: &Document, diags: &mut Diagnostics) -> WatchdogSettings 
     settings
 }
 
-type Checked<T> = (T, (Source, usize));
+/// A checked item, with the file and offset to report later warnings at (borrowed: a config
+/// with 10,000 probes must not copy its text 10,000 times).
+type Checked<'a, T> = (T, (&'a Source, usize));
 
-fn check_probes(
-    documents: &[Document],
+fn check_probes<'a>(
+    documents: &'a [Document],
     defaults: &Timing,
     diags: &mut Diagnostics,
-) -> Vec<Checked<ProbeSpec>> {
-    let mut out: Vec<Checked<ProbeSpec>> = Vec::new();
+) -> Vec<Checked<'a, ProbeSpec>> {
+    let mut out: Vec<Checked<'a, ProbeSpec>> = Vec::new();
     let mut seen: BTreeMap<String, (PathBuf, usize)> = BTreeMap::new();
     for doc in documents {
         for item in &doc.probes {
@@ -350,7 +352,7 @@ fn check_probes(
                 seen.insert(name.clone(), (doc.source.path.clone(), line));
             }
             if let Some(spec) = check_probe(&mut ctx, p, defaults) {
-                out.push((spec, (doc.source.clone(), item.at)));
+                out.push((spec, (&doc.source, item.at)));
             }
         }
     }
@@ -968,9 +970,9 @@ fn warn_unresolvable(ctx: &mut Ctx<'_>, at: usize, secret: &SecretRef) {
     }
 }
 
-type CheckedActions = BTreeMap<String, (ActionSpec, Source, usize)>;
+type CheckedActions<'a> = BTreeMap<String, (ActionSpec, &'a Source, usize)>;
 
-fn check_actions(documents: &[Document], diags: &mut Diagnostics) -> CheckedActions {
+fn check_actions<'a>(documents: &'a [Document], diags: &mut Diagnostics) -> CheckedActions<'a> {
     let mut out = CheckedActions::new();
     let mut seen: BTreeMap<String, (PathBuf, usize)> = BTreeMap::new();
     for doc in documents {
@@ -993,7 +995,7 @@ fn check_actions(documents: &[Document], diags: &mut Diagnostics) -> CheckedActi
             let (line, _) = doc.source.line_col(name.span().start);
             seen.insert(name.get_ref().clone(), (doc.source.path.clone(), line));
             if let Some(spec) = check_action(&mut ctx, &item.value) {
-                out.insert(name.get_ref().clone(), (spec, doc.source.clone(), item.at));
+                out.insert(name.get_ref().clone(), (spec, &doc.source, item.at));
             }
         }
     }
@@ -1198,11 +1200,16 @@ fn check_action(ctx: &mut Ctx<'_>, a: &raw::Action) -> Option<ActionSpec> {
 
 fn check_rules(
     documents: &[Document],
-    probes: &mut [Checked<ProbeSpec>],
-    actions: &CheckedActions,
+    probes: &mut [Checked<'_, ProbeSpec>],
+    actions: &CheckedActions<'_>,
     diags: &mut Diagnostics,
 ) {
     let probe_names: Vec<String> = probes.iter().map(|(p, _)| p.name.clone()).collect();
+    let probe_index_by_name: BTreeMap<&str, usize> = probe_names
+        .iter()
+        .enumerate()
+        .map(|(i, n)| (n.as_str(), i))
+        .collect();
     // Declared names, valid or not: an action with its own errors is not also "unknown".
     let declared: Vec<&str> = documents
         .iter()
@@ -1221,7 +1228,7 @@ fn check_rules(
             };
             let mut ok = true;
 
-            let probe_index = probe_names.iter().position(|n| n == probe_name);
+            let probe_index = probe_index_by_name.get(probe_name.as_str()).copied();
             if probe_index.is_none() {
                 let candidates: Vec<&str> = probe_names.iter().map(String::as_str).collect();
                 let hint = closest(probe_name, &candidates)

@@ -39,14 +39,29 @@ impl fmt::Display for Diagnostic {
 pub struct Source {
     pub path: PathBuf,
     pub text: String,
+    /// Byte offset of each line's start, computed on first use: a config with thousands of
+    /// probes asks for thousands of positions.
+    line_starts: std::sync::OnceLock<Vec<usize>>,
 }
 
 impl Source {
+    pub fn new(path: PathBuf, text: String) -> Self {
+        Source {
+            path,
+            text,
+            line_starts: std::sync::OnceLock::new(),
+        }
+    }
+
     pub fn line_col(&self, offset: usize) -> (usize, usize) {
-        let offset = offset.min(self.text.len());
-        let before = &self.text[..floor_char_boundary(&self.text, offset)];
-        let line = before.matches('\n').count() + 1;
-        let col = before.rsplit('\n').next().map_or(0, |l| l.chars().count()) + 1;
+        let offset = floor_char_boundary(&self.text, offset.min(self.text.len()));
+        let starts = self.line_starts.get_or_init(|| {
+            std::iter::once(0)
+                .chain(self.text.match_indices('\n').map(|(i, _)| i + 1))
+                .collect()
+        });
+        let line = starts.partition_point(|&start| start <= offset);
+        let col = self.text[starts[line - 1]..offset].chars().count() + 1;
         (line, col)
     }
 }
@@ -165,10 +180,7 @@ mod tests {
 
     #[test]
     fn line_col_counts_from_one_and_handles_utf8() {
-        let s = Source {
-            path: "f.toml".into(),
-            text: "a = 1\nbé = \"x\"\n".into(),
-        };
+        let s = Source::new("f.toml".into(), "a = 1\nbé = \"x\"\n".into());
         assert_eq!(s.line_col(0), (1, 1));
         assert_eq!(s.line_col(6), (2, 1));
         // byte 8 is after "bé" (é is two bytes): column 3

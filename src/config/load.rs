@@ -73,10 +73,7 @@ pub fn load(path: &Path) -> Result<(Config, Diagnostics), Diagnostics> {
 
 fn read_source(path: &Path, diags: &mut Diagnostics) -> Option<Source> {
     match std::fs::read_to_string(path) {
-        Ok(text) => Some(Source {
-            path: path.to_path_buf(),
-            text,
-        }),
+        Ok(text) => Some(Source::new(path.to_path_buf(), text)),
         Err(e) => {
             diags.file_error(path, format!("cannot read config file: {e}"));
             None
