@@ -17,6 +17,7 @@ use crate::action::webhook::{self, Page};
 use crate::action::{self, Context};
 use crate::clock;
 use crate::config::{ActionSpec, Config};
+use crate::events::Work;
 use crate::health::State;
 use crate::probe::{HttpClients, Probe};
 use crate::rules::Effect;
@@ -246,29 +247,8 @@ fn effect_task(
         Remedy(String, ActionSpec, Context),
         Page(String, crate::config::WebhookAction, Page),
     }
-    let job = match effect {
-        Effect::StateChanged {
-            probe,
-            from,
-            to,
-            reason,
-        } => {
-            tracing::info!(probe = %probe, state = %to, from = %from, reason = %reason, "state changed");
-            return None;
-        }
-        Effect::BudgetSpent {
-            probe,
-            action,
-            budget,
-        } => {
-            tracing::error!(probe = %probe, action = %action, budget = %budget, "remedy budget spent: giving up");
-            return None;
-        }
-        Effect::NoPager { probe, summary } => {
-            tracing::error!(probe = %probe, summary = %summary, "page due, but no rule of this probe names a pager");
-            return None;
-        }
-        Effect::Remedy {
+    let job = match crate::events::log_decision(effect)? {
+        Work::Remedy {
             action, incident, ..
         } => {
             let spec = config.actions.get(&action)?.clone();
@@ -283,7 +263,7 @@ fn effect_task(
                 },
             )
         }
-        Effect::Page {
+        Work::Page {
             pager,
             event,
             summary,

@@ -26,6 +26,7 @@ use crate::action::webhook::{Page, Pager};
 use crate::action::{self, Context};
 use crate::clock;
 use crate::config::{ActionSpec, Config, ProbeSpec};
+use crate::events::Work;
 use crate::probe::{HttpClients, Outcome, Probe};
 use crate::rules::{Effect, Engine};
 
@@ -247,31 +248,11 @@ fn carry_out(
     now: clock::Timestamp,
 ) {
     let host = &config.watchdog.hostname;
+    let Some(effect) = crate::events::log_decision(effect) else {
+        return;
+    };
     match effect {
-        Effect::StateChanged {
-            probe,
-            from,
-            to,
-            reason,
-        } => match to {
-            crate::health::State::Down => {
-                tracing::warn!(probe = %probe, state = %to, from = %from, reason = %reason, "state changed")
-            }
-            _ => {
-                tracing::info!(probe = %probe, state = %to, from = %from, reason = %reason, "state changed")
-            }
-        },
-        Effect::BudgetSpent {
-            probe,
-            action,
-            budget,
-        } => {
-            tracing::error!(probe = %probe, action = %action, budget = %budget, "remedy budget spent: giving up");
-        }
-        Effect::NoPager { probe, summary } => {
-            tracing::error!(probe = %probe, summary = %summary, "page due, but no rule of this probe names a pager");
-        }
-        Effect::Page {
+        Work::Page {
             pager,
             event,
             summary,
@@ -287,7 +268,7 @@ fn carry_out(
                 p.send(page);
             }
         }
-        Effect::Remedy {
+        Work::Remedy {
             action,
             trigger,
             incident,

@@ -9,6 +9,7 @@
 //! - [`probe`]: the checks that do I/O (`http`, `tcp`), each a value in, an [`probe::Outcome`] out.
 //! - [`action`]: the effects: commands, signals, webhook pages.
 //! - [`daemon`]: `watchdog run`, one task per probe, the engine in one task, actions spawned.
+//! - [`events`]: notable events, logged from one place each.
 //! - [`check`]: `watchdog check`, the one-shot for cron and container health checks.
 //! - [`state`]: the engine state `check` keeps between runs.
 //! - [`logging`]: tracing to stderr, JSON or journald.
@@ -20,6 +21,7 @@ pub mod cli;
 pub mod clock;
 pub mod config;
 pub mod daemon;
+pub mod events;
 pub mod health;
 pub mod logging;
 pub mod probe;
