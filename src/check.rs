@@ -95,7 +95,8 @@ struct Done {
     probe: usize,
     line: String,
     remedy: Option<(String, &'static str)>,
-    undelivered: Option<PendingPage>,
+    /// (webhook action, page) to keep in the outbox for the next run.
+    undelivered: Option<(String, Page)>,
 }
 
 /// Runs the `selected` probes (all when empty) once.
@@ -112,9 +113,9 @@ pub async fn run(config: Config, selected: &[String], dry_run: bool) -> Result<R
     let config = Arc::new(config);
     let dry_run = dry_run || config.watchdog.dry_run;
     let dir = config.watchdog.state_dir.clone();
-    let _lock = state::lock(&dir, Duration::from_secs(10))?;
+    let _lock = state::lock(&dir, "check.lock", Duration::from_secs(10))?;
     let boot_id = clock::boot_id();
-    let (mut saved, warnings) = state::load(&dir, &boot_id);
+    let (mut saved, warnings) = state::load(&dir, state::CHECK_FILE, &boot_id);
     for w in warnings {
         tracing::warn!("{w}");
     }
@@ -216,7 +217,12 @@ pub async fn run(config: Config, selected: &[String], dry_run: bool) -> Result<R
         if let Some(row) = rows.iter_mut().find(|r| r.probe == spec.name) {
             row.actions.push(done.line);
         }
-        pending.extend(done.undelivered);
+        if let Some((action, page)) = done.undelivered {
+            let id = saved.enqueue(action, page);
+            if let Some(p) = saved.pending_pages.iter_mut().find(|p| p.id == id) {
+                p.attempts = 1;
+            }
+        }
     }
     for row in &mut rows {
         if let Some(memory) = saved.engine.probe(&row.probe) {
@@ -224,9 +230,10 @@ pub async fn run(config: Config, selected: &[String], dry_run: bool) -> Result<R
         }
     }
 
+    pending.append(&mut saved.pending_pages);
     saved.pending_pages = pending;
     let pending_pages = saved.pending_pages.len();
-    state::save(&dir, &saved)?;
+    state::write_atomic(&dir, state::CHECK_FILE, &state::encode(&saved))?;
     Ok(Report {
         rows,
         pending_pages,
@@ -331,11 +338,7 @@ fn effect_task(
                         probe,
                         line: format!("page {pager}: failed ({e}), kept for the next run"),
                         remedy: None,
-                        undelivered: Some(PendingPage {
-                            action: pager,
-                            page,
-                            attempts: 1,
-                        }),
+                        undelivered: Some((pager, page)),
                     }
                 }
             },

@@ -69,6 +69,14 @@ pub fn now() -> Timestamp {
     Timestamp(Duration::new(ts.tv_sec() as u64, ts.tv_nsec() as u32))
 }
 
+/// `CLOCK_MONOTONIC` in microseconds, as systemd wants it with `RELOADING=1`.
+pub fn monotonic_usec() -> u64 {
+    use nix::time::{ClockId, clock_gettime};
+    clock_gettime(ClockId::CLOCK_MONOTONIC)
+        .map(|ts| ts.tv_sec() as u64 * 1_000_000 + ts.tv_nsec() as u64 / 1000)
+        .unwrap_or(0)
+}
+
 /// The kernel's random id for this boot, so state saved before a reboot is not compared with
 /// boot-time timestamps of the next one. Empty if /proc is not mounted.
 pub fn boot_id() -> String {

@@ -2,44 +2,67 @@
 //!
 //! Shape (one process, one thread, many tasks):
 //! - one **probe task** per probe: ticks on its own interval (with a start jitter so probes
-//!   spread out), takes a slot among `max_in_flight`, runs the check under its hard timeout,
-//!   and sends the outcome to the engine;
-//! - one **engine task** owns the pure [`Engine`] and the clock readings it is fed; it turns
-//!   outcomes into effects and hands them off without waiting on any of them;
+//!   spread out), or at once when the probe reports a kernel event (a process died); takes a
+//!   slot among `max_in_flight`, runs the check under its hard timeout, and sends the outcome
+//!   to the engine task;
+//! - the **engine task** (this module's loop) owns the pure [`crate::rules::Engine`], the page
+//!   outbox and the persisted state; it turns outcomes into effects and hands them off without
+//!   waiting on any of them;
 //! - each **remedy** runs in a task of its own and reports back when it ends; two requests for
 //!   the same action never run at once (the second waits for the first and is then skipped);
-//! - each webhook has a **pager task** with a queue and retries.
+//! - each webhook has a **pager task** with a queue and retries;
+//! - state is written on the blocking pool, so a slow or full disk delays no probe.
 //!
-//! So a hung target holds one probe task, a slow restart holds one remedy task, and a dead
-//! pager holds one queue: nothing else waits. Shutdown is a future passed in.
+//! Durability: the engine (counters, incidents, budgets) and the outbox live in
+//! `state_dir/daemon-state.json`. A page is handed to its pager only once the state that holds
+//! it is on disk, and leaves the outbox when its receiver acknowledged it; so a page survives
+//! a crash or a kill -9, and is re-sent at the next start.
+//!
+//! Reload (a message on the `reloads` channel; `main` sends one per SIGHUP): the new config is
+//! checked first — if invalid, every error is logged and the old config keeps running; if
+//! valid, it is applied as a diff: unchanged probes keep their task, schedule and counters;
+//! changed ones restart their task (their incident goes on); removed ones stop and their open
+//! pages are resolved; new ones start.
+//!
+//! Shutdown, reload requests and the config path are values passed in.
 
 use std::collections::BTreeMap;
 use std::future::Future;
 use std::hash::{Hash, Hasher};
+use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use tokio::sync::{Semaphore, mpsc, watch};
+use tokio::task::{JoinHandle, JoinSet};
 use tokio::time::{Instant, MissedTickBehavior};
 
 use crate::action::webhook::{Page, Pager};
 use crate::action::{self, Context};
 use crate::clock;
-use crate::config::{ActionSpec, Config, ProbeSpec};
+use crate::config::{self, ActionSpec, Config, ProbeSpec};
 use crate::events::Work;
+use crate::health::State;
+use crate::notify::Notifier;
 use crate::probe::{HttpClients, Outcome, Probe};
-use crate::rules::{Effect, Engine};
+use crate::state::{self, SavedState};
 
-/// What probe and remedy tasks tell the engine task.
+/// What the other tasks tell the engine task.
 enum Event {
     Observed {
-        probe: usize,
+        probe: Arc<str>,
+        generation: u64,
         outcome: Outcome,
     },
     RemedyDone {
-        probe: usize,
+        probe: String,
         action: String,
         result: Result<String, String>,
+    },
+    Saved {
+        /// Pages with an id up to this one are on disk.
+        pages_up_to: u64,
+        result: Result<(), String>,
     },
 }
 
@@ -82,149 +105,187 @@ impl Lateness {
 #[derive(Debug, Clone, Default)]
 pub struct RunOptions {
     pub dry_run: bool,
+    /// Where the config came from, to read it again on reload.
+    pub config_path: Option<PathBuf>,
 }
 
-/// Runs until `shutdown` completes. Returns the scheduler's lateness figures.
+/// One running probe task.
+struct ProbeTask {
+    /// The spec's `Debug` rendering: two specs are the same probe iff these are equal.
+    fingerprint: String,
+    generation: u64,
+    stop: watch::Sender<bool>,
+    handle: JoinHandle<()>,
+}
+
+struct PagerTask {
+    fingerprint: String,
+    pager: Pager,
+}
+
+/// Everything the engine task owns.
+struct Daemon {
+    config: Arc<Config>,
+    options: RunOptions,
+    state: SavedState,
+    dirty: bool,
+    saving: bool,
+    /// Pages with ids up to this one are on disk, and may be handed to pagers.
+    durable_up_to: u64,
+    /// Pages with ids up to this one have been handed to pagers.
+    dispatched_up_to: u64,
+    probes: BTreeMap<String, ProbeTask>,
+    next_generation: u64,
+    pagers: BTreeMap<String, PagerTask>,
+    pager_handles: Vec<JoinHandle<()>>,
+    page_client: reqwest::Client,
+    delivered_tx: mpsc::UnboundedSender<u64>,
+    pagers_stop: watch::Sender<bool>,
+    remedy_locks: BTreeMap<String, Arc<tokio::sync::Mutex<()>>>,
+    remedy_tasks: JoinSet<()>,
+    events_tx: mpsc::Sender<Event>,
+    in_flight: Arc<Semaphore>,
+    lateness: Arc<Mutex<Lateness>>,
+    clients: HttpClients,
+    notifier: Notifier,
+    last_observation: Instant,
+    last_status: String,
+}
+
+/// Runs until `shutdown` completes; each message on `reloads` re-reads the config. Fails only
+/// at start (another daemon holds the state dir). Returns the scheduler's lateness figures.
 pub async fn run(
     config: Config,
     options: RunOptions,
     shutdown: impl Future<Output = ()>,
-) -> Lateness {
-    let config = Arc::new(config);
-    let dry_run = options.dry_run || config.watchdog.dry_run;
-    let (stop_tx, stop_rx) = watch::channel(false);
+    mut reloads: mpsc::Receiver<()>,
+) -> Result<Lateness, String> {
+    let state_dir = config.watchdog.state_dir.clone();
+    let _lock = state::lock(&state_dir, "daemon.lock", Duration::ZERO)?;
+    let (mut saved, warnings) = state::load(&state_dir, state::DAEMON_FILE, &clock::boot_id());
+    for w in warnings {
+        tracing::warn!("{w}");
+    }
+    saved
+        .engine
+        .retain_probes(|name| config.probe(name).is_some());
+
     let (events_tx, mut events_rx) = mpsc::channel::<Event>(1024);
-    let lateness = Arc::new(Mutex::new(Lateness::default()));
-
-    let mut clients = HttpClients::default();
-    let probes: Vec<Arc<Probe>> = config
-        .probes
-        .iter()
-        .map(|p| Arc::new(Probe::build(&p.check, &mut clients)))
-        .collect();
-
-    // Pagers: one queue per webhook action.
-    let page_client = reqwest::Client::builder()
-        .no_proxy()
-        .build()
-        .unwrap_or_default();
-    let mut pagers = BTreeMap::new();
-    let mut pager_tasks = Vec::new();
-    for (name, spec) in &config.actions {
-        if let ActionSpec::Webhook(w) = spec {
-            let (pager, task) = Pager::spawn(
-                name.clone(),
-                w.clone(),
-                page_client.clone(),
-                stop_rx.clone(),
-            );
-            pagers.insert(name.clone(), pager);
-            pager_tasks.push(task);
-        }
-    }
-
-    let in_flight = Arc::new(Semaphore::new(config.watchdog.max_in_flight));
-    let mut probe_tasks = Vec::new();
-    for (index, spec) in config.probes.iter().enumerate() {
-        probe_tasks.push(tokio::spawn(probe_loop(
-            index,
-            spec.clone(),
-            probes[index].clone(),
-            in_flight.clone(),
-            events_tx.clone(),
-            stop_rx.clone(),
-            lateness.clone(),
-        )));
-    }
+    let (delivered_tx, mut delivered_rx) = mpsc::unbounded_channel::<u64>();
+    let durable_up_to = saved.next_page_id;
+    let mut daemon = Daemon {
+        in_flight: Arc::new(Semaphore::new(config.watchdog.max_in_flight)),
+        config: Arc::new(config),
+        options,
+        state: saved,
+        dirty: false,
+        saving: false,
+        durable_up_to,
+        dispatched_up_to: 0,
+        probes: BTreeMap::new(),
+        next_generation: 0,
+        pagers: BTreeMap::new(),
+        pager_handles: Vec::new(),
+        page_client: reqwest::Client::builder()
+            .no_proxy()
+            .build()
+            .unwrap_or_default(),
+        delivered_tx,
+        pagers_stop: watch::channel(false).0,
+        remedy_locks: BTreeMap::new(),
+        remedy_tasks: JoinSet::new(),
+        events_tx,
+        lateness: Arc::new(Mutex::new(Lateness::default())),
+        clients: HttpClients::default(),
+        notifier: Notifier::from_env(),
+        last_observation: Instant::now(),
+        last_status: String::new(),
+    };
+    let config = daemon.config.clone();
+    daemon.apply(config);
+    // Pages left in the outbox by an earlier run are on disk already: send them now.
+    daemon.dispatch_pages();
     tracing::info!(
-        probes = config.probes.len(),
-        actions = config.actions.len(),
-        dry_run,
+        probes = daemon.config.probes.len(),
+        actions = daemon.config.actions.len(),
+        dry_run = daemon.dry_run(),
+        pending_pages = daemon.state.pending_pages.len(),
         "watchdog running"
     );
+    let status = daemon.status_line();
+    daemon.notifier.ready(&status);
+    daemon.last_status = status;
 
-    let mut engine = Engine::default();
-    let remedy_locks: BTreeMap<String, Arc<tokio::sync::Mutex<()>>> = config
-        .actions
-        .keys()
-        .map(|k| (k.clone(), Arc::new(tokio::sync::Mutex::new(()))))
-        .collect();
-    let mut remedy_tasks = tokio::task::JoinSet::new();
+    // Keep-alives for systemd's WatchdogSec=, at half its period; housekeeping every second.
+    let keepalive = Notifier::watchdog_interval().map(|d| d / 2);
+    let mut housekeeping = tokio::time::interval(
+        keepalive
+            .unwrap_or(Duration::from_secs(1))
+            .min(Duration::from_secs(1)),
+    );
+    housekeeping.set_missed_tick_behavior(MissedTickBehavior::Delay);
 
     tokio::pin!(shutdown);
     loop {
-        let event = tokio::select! {
+        tokio::select! {
             _ = &mut shutdown => break,
-            event = events_rx.recv() => match event {
-                Some(e) => e,
-                None => break,
-            },
-            // Reap finished remedy tasks so the set does not grow.
-            Some(_) = remedy_tasks.join_next(), if !remedy_tasks.is_empty() => continue,
-        };
-        let now = clock::now();
-        match event {
-            Event::Observed { probe, outcome } => {
-                let spec = &config.probes[probe];
-                tracing::debug!(probe = %spec.name, ok = outcome.ok, reason = %outcome.reason, "checked");
-                let effects = engine.observe(&spec.rules, outcome.verdict(), &outcome.reason, now);
-                for effect in effects {
-                    carry_out(
-                        effect,
-                        probe,
-                        &config,
-                        dry_run,
-                        &pagers,
-                        &remedy_locks,
-                        &events_tx,
-                        &mut remedy_tasks,
-                        now,
-                    );
-                }
-            }
-            Event::RemedyDone {
-                probe,
-                action,
-                result,
-            } => {
-                let spec = &config.probes[probe];
-                let outcome = match &result {
-                    Ok(s) => {
-                        tracing::info!(probe = %spec.name, action = %action, result = %s, "remedy done");
-                        "ok"
-                    }
-                    Err(e) => {
-                        tracing::error!(probe = %spec.name, action = %action, error = %e, "remedy failed");
-                        "failed"
-                    }
-                };
-                engine.remedy_finished(&spec.rules, &action, outcome, now);
-            }
+            Some(()) = reloads.recv() => daemon.reload(),
+            Some(event) = events_rx.recv() => daemon.handle(event),
+            Some(id) = delivered_rx.recv() => daemon.delivered(id),
+            Some(_) = daemon.remedy_tasks.join_next(), if !daemon.remedy_tasks.is_empty() => {}
+            _ = housekeeping.tick() => daemon.housekeeping(),
         }
     }
 
     tracing::info!("stopping");
-    let _ = stop_tx.send(true);
-    for task in probe_tasks {
-        let _ = task.await;
+    daemon.notifier.stopping();
+    for task in std::mem::take(&mut daemon.probes).into_values() {
+        let _ = task.stop.send(true);
+        let _ = task.handle.await;
     }
     // Remedies in progress get a moment to finish: killing a restart halfway leaves the
     // service stopped.
-    if !remedy_tasks.is_empty() {
+    if !daemon.remedy_tasks.is_empty() {
         tracing::info!(
-            running = remedy_tasks.len(),
+            running = daemon.remedy_tasks.len(),
             "waiting up to 10 s for running remedies"
         );
         let _ = tokio::time::timeout(Duration::from_secs(10), async {
-            while remedy_tasks.join_next().await.is_some() {}
+            loop {
+                tokio::select! {
+                    joined = daemon.remedy_tasks.join_next() => if joined.is_none() { break },
+                    Some(event) = events_rx.recv() => daemon.handle(event),
+                }
+            }
         })
         .await;
     }
-    drop(pagers);
-    for task in pager_tasks {
-        let _ = tokio::time::timeout(Duration::from_secs(5), task).await;
+    // Give pagers a moment to deliver what they hold, taking note of what they did.
+    let _ = daemon.pagers_stop.send(true);
+    daemon.pagers.clear();
+    let deadline = Instant::now() + Duration::from_secs(5);
+    for handle in std::mem::take(&mut daemon.pager_handles) {
+        let _ = tokio::time::timeout_at(deadline, handle).await;
     }
-    let lateness = std::mem::take(&mut *lateness.lock().unwrap_or_else(|e| e.into_inner()));
+    while let Ok(id) = delivered_rx.try_recv() {
+        daemon.delivered(id);
+    }
+    let bytes = state::encode(&daemon.state);
+    let dir = daemon.config.watchdog.state_dir.clone();
+    match tokio::task::spawn_blocking(move || state::write_atomic(&dir, state::DAEMON_FILE, &bytes))
+        .await
+    {
+        Ok(Ok(())) => {}
+        Ok(Err(e)) => tracing::error!(error = %e, "could not save state at exit"),
+        Err(e) => tracing::error!(error = %e, "could not save state at exit"),
+    }
+    if !daemon.state.pending_pages.is_empty() {
+        tracing::warn!(
+            pages = daemon.state.pending_pages.len(),
+            "undelivered pages kept in the outbox for the next start"
+        );
+    }
+    let lateness = std::mem::take(&mut *daemon.lateness.lock().unwrap_or_else(|e| e.into_inner()));
     tracing::info!(
         checks = lateness.count,
         p50_ms = lateness.quantile(0.5).as_secs_f64() * 1000.0,
@@ -232,66 +293,138 @@ pub async fn run(
         max_ms = lateness.quantile(1.0).as_secs_f64() * 1000.0,
         "scheduler lateness"
     );
-    lateness
+    Ok(lateness)
 }
 
-#[allow(clippy::too_many_arguments)]
-fn carry_out(
-    effect: Effect,
-    probe: usize,
-    config: &Arc<Config>,
-    dry_run: bool,
-    pagers: &BTreeMap<String, Pager>,
-    remedy_locks: &BTreeMap<String, Arc<tokio::sync::Mutex<()>>>,
-    events: &mpsc::Sender<Event>,
-    remedy_tasks: &mut tokio::task::JoinSet<()>,
-    now: clock::Timestamp,
-) {
-    let host = &config.watchdog.hostname;
-    let Some(effect) = crate::events::log_decision(effect) else {
-        return;
-    };
-    match effect {
-        Work::Page {
-            pager,
-            event,
-            summary,
-            incident,
-        } => {
-            let page = Page::new(event, &summary, &incident, host, now);
-            if dry_run {
-                tracing::warn!(probe = %incident.probe, action = %pager, event = ?event, summary = %summary, "dry run: would page");
-                return;
+impl Daemon {
+    fn dry_run(&self) -> bool {
+        self.options.dry_run || self.config.watchdog.dry_run
+    }
+
+    fn handle(&mut self, event: Event) {
+        let now = clock::now();
+        match event {
+            Event::Observed {
+                probe,
+                generation,
+                outcome,
+            } => {
+                // A probe replaced by a reload may still have a result in flight: not ours.
+                if self
+                    .probes
+                    .get(&*probe)
+                    .is_none_or(|t| t.generation != generation)
+                {
+                    return;
+                }
+                self.last_observation = Instant::now();
+                let config = self.config.clone();
+                let Some(spec) = config.probe(&probe) else {
+                    return;
+                };
+                tracing::debug!(probe = %spec.name, ok = outcome.ok, reason = %outcome.reason, "checked");
+                let effects =
+                    self.state
+                        .engine
+                        .observe(&spec.rules, outcome.verdict(), &outcome.reason, now);
+                // Counters of healthy probes change at every check; persisting those would
+                // write the file every second for nothing. Failures and decisions are kept.
+                if !effects.is_empty() || !outcome.ok {
+                    self.dirty = true;
+                }
+                for effect in effects {
+                    if let Some(work) = crate::events::log_decision(effect) {
+                        self.carry_out(work, now);
+                    }
+                }
             }
-            tracing::info!(probe = %incident.probe, action = %pager, event = ?event, summary = %summary, "paging");
-            if let Some(p) = pagers.get(&pager) {
-                p.send(page);
+            Event::RemedyDone {
+                probe,
+                action,
+                result,
+            } => {
+                let outcome = match &result {
+                    Ok(s) => {
+                        tracing::info!(probe = %probe, action = %action, result = %s, "remedy done");
+                        "ok"
+                    }
+                    Err(e) => {
+                        tracing::error!(probe = %probe, action = %action, error = %e, "remedy failed");
+                        "failed"
+                    }
+                };
+                if let Some(spec) = self.config.probe(&probe) {
+                    self.state
+                        .engine
+                        .remedy_finished(&spec.rules, &action, outcome, now);
+                    self.dirty = true;
+                }
+            }
+            Event::Saved {
+                pages_up_to,
+                result,
+            } => {
+                self.saving = false;
+                if let Err(e) = result {
+                    // A full or broken disk must not hold pages back: send them anyway.
+                    tracing::error!(error = %e, "could not save state");
+                }
+                self.durable_up_to = self.durable_up_to.max(pages_up_to);
+                self.dispatch_pages();
+                if self.dirty {
+                    self.save();
+                }
             }
         }
-        Work::Remedy {
-            action,
-            trigger,
-            incident,
-        } => {
-            let Some(spec) = config.actions.get(&action).cloned() else {
-                return;
-            };
-            let ctx = Context {
-                action: action.clone(),
-                host: host.clone(),
+    }
+
+    fn carry_out(&mut self, work: Work, now: clock::Timestamp) {
+        let dry_run = self.dry_run();
+        let host = self.config.watchdog.hostname.clone();
+        match work {
+            Work::Page {
+                pager,
+                event,
+                summary,
                 incident,
-                now,
-            };
-            let events = events.clone();
-            let lock = remedy_locks.get(&action).cloned();
-            tracing::warn!(probe = %ctx.incident.probe, action = %action, kind = spec.kind(), trigger = %trigger, reason = %ctx.incident.reason, dry_run, "running remedy");
-            remedy_tasks.spawn(async move {
-                let result =
-                    if dry_run {
-                        Ok("dry run: not run".to_string())
-                    } else {
-                        match lock {
-                            Some(lock) => match lock.try_lock() {
+            } => {
+                if dry_run {
+                    tracing::warn!(probe = %incident.probe, action = %pager, event = ?event, summary = %summary, "dry run: would page");
+                    return;
+                }
+                tracing::info!(probe = %incident.probe, action = %pager, event = ?event, summary = %summary, "paging");
+                let page = Page::new(event, &summary, &incident, &host, now);
+                self.state.enqueue(pager, page);
+                // It is sent once it is on disk.
+                self.dirty = true;
+                self.save();
+            }
+            Work::Remedy {
+                action,
+                trigger,
+                incident,
+            } => {
+                let Some(spec) = self.config.actions.get(&action).cloned() else {
+                    return;
+                };
+                let ctx = Context {
+                    action: action.clone(),
+                    host,
+                    incident,
+                    now,
+                };
+                let events = self.events_tx.clone();
+                let lock = self.remedy_locks.entry(action.clone()).or_default().clone();
+                tracing::warn!(probe = %ctx.incident.probe, action = %action, kind = spec.kind(), trigger = %trigger, reason = %ctx.incident.reason, dry_run, "running remedy");
+                // The budget now counts this run: keep that even if we crash during it.
+                self.dirty = true;
+                self.save();
+                self.remedy_tasks.spawn(async move {
+                    let result =
+                        if dry_run {
+                            Ok("dry run: not run".to_string())
+                        } else {
+                            match lock.try_lock() {
                                 Ok(_guard) => action::run_remedy(&spec, &ctx).await,
                                 Err(_) => {
                                     // Another probe is running this very action: wait for it, and
@@ -300,24 +433,250 @@ fn carry_out(
                                     Ok("already being run for another probe; not run again"
                                         .to_string())
                                 }
-                            },
-                            None => action::run_remedy(&spec, &ctx).await,
-                        }
-                    };
-                let _ = events
-                    .send(Event::RemedyDone {
-                        probe,
-                        action,
-                        result,
-                    })
-                    .await;
-            });
+                            }
+                        };
+                    let probe = ctx.incident.probe.clone();
+                    let _ = events
+                        .send(Event::RemedyDone {
+                            probe,
+                            action,
+                            result,
+                        })
+                        .await;
+                });
+            }
         }
+    }
+
+    /// Writes the state on the blocking pool, unless a write is already under way (then the
+    /// next one follows it).
+    fn save(&mut self) {
+        if self.saving || !self.dirty {
+            return;
+        }
+        self.saving = true;
+        self.dirty = false;
+        let bytes = state::encode(&self.state);
+        let pages_up_to = self.state.next_page_id;
+        let dir = self.config.watchdog.state_dir.clone();
+        let events = self.events_tx.clone();
+        tokio::spawn(async move {
+            let result = tokio::task::spawn_blocking(move || {
+                state::write_atomic(&dir, state::DAEMON_FILE, &bytes)
+            })
+            .await
+            .unwrap_or_else(|e| Err(format!("state writer failed: {e}")));
+            let _ = events
+                .send(Event::Saved {
+                    pages_up_to,
+                    result,
+                })
+                .await;
+        });
+    }
+
+    /// Hands durable, not yet dispatched pages to their pagers.
+    fn dispatch_pages(&mut self) {
+        for pending in &self.state.pending_pages {
+            if pending.id <= self.dispatched_up_to || pending.id > self.durable_up_to {
+                continue;
+            }
+            match self.pagers.get(&pending.action) {
+                Some(p) => p.pager.send(pending.id, pending.page.clone()),
+                None => {
+                    tracing::error!(action = %pending.action, probe = %pending.page.probe, "a page in the outbox names a webhook that is no longer configured")
+                }
+            }
+        }
+        self.dispatched_up_to = self.dispatched_up_to.max(self.durable_up_to);
+    }
+
+    fn delivered(&mut self, id: u64) {
+        self.state.pending_pages.retain(|p| p.id != id);
+        self.dirty = true;
+    }
+
+    fn housekeeping(&mut self) {
+        if self.dirty {
+            self.save();
+        }
+        // Alive only while checks keep completing: a wedged scheduler stops the keep-alives
+        // and systemd restarts us. (No probes: the loop turning is progress enough.)
+        let longest = self
+            .config
+            .probes
+            .iter()
+            .map(|p| p.interval)
+            .max()
+            .unwrap_or_default();
+        let stalled_after = (longest * 3).max(Duration::from_secs(30));
+        if self.config.probes.is_empty() || self.last_observation.elapsed() < stalled_after {
+            self.notifier.watchdog();
+        } else {
+            tracing::error!(silent_for = ?self.last_observation.elapsed(), "no check completed lately: withholding the systemd keep-alive");
+        }
+        let status = self.status_line();
+        if status != self.last_status {
+            self.notifier.status(&status);
+            self.last_status = status;
+        }
+    }
+
+    /// "12 probes, 1 down: apache".
+    fn status_line(&self) -> String {
+        let down: Vec<&str> = self
+            .config
+            .probes
+            .iter()
+            .filter(|p| {
+                self.state
+                    .engine
+                    .probe(&p.name)
+                    .is_some_and(|m| m.health.state == State::Down)
+            })
+            .map(|p| p.name.as_str())
+            .collect();
+        let n = self.config.probes.len();
+        if down.is_empty() {
+            format!("{n} probes, all up")
+        } else {
+            format!("{n} probes, {} down: {}", down.len(), down.join(", "))
+        }
+    }
+
+    fn reload(&mut self) {
+        let Some(path) = self.options.config_path.clone() else {
+            tracing::warn!("reload requested, but the config was not read from a file");
+            return;
+        };
+        self.notifier.reloading();
+        match config::load(&path) {
+            Err(diags) => {
+                for d in diags.errors() {
+                    tracing::error!("{d}");
+                }
+                tracing::error!(config = %path.display(), "reload refused: the new config is invalid; the old one keeps running");
+            }
+            Ok((new, warnings)) => {
+                for w in warnings.warnings() {
+                    tracing::warn!("config: {w}");
+                }
+                if new.watchdog.state_dir != self.config.watchdog.state_dir {
+                    tracing::warn!("state_dir changed: it takes effect at the next start");
+                }
+                self.apply(Arc::new(new));
+            }
+        }
+        let status = self.status_line();
+        self.notifier.ready(&status);
+        self.last_status = status;
+    }
+
+    /// Makes the running tasks match `new`, touching only what changed.
+    fn apply(&mut self, new: Arc<Config>) {
+        let now = clock::now();
+        let old = std::mem::replace(&mut self.config, new.clone());
+        let (mut started, mut changed, mut removed, mut kept) = (0, 0, 0, 0);
+
+        // Pagers first: pages of removed probes are resolved through them.
+        for (name, spec) in &new.actions {
+            if let ActionSpec::Webhook(w) = spec {
+                let fingerprint = format!("{w:?}");
+                if self
+                    .pagers
+                    .get(name)
+                    .is_some_and(|p| p.fingerprint == fingerprint)
+                {
+                    continue;
+                }
+                let (pager, handle) = Pager::spawn(
+                    name.clone(),
+                    w.clone(),
+                    self.page_client.clone(),
+                    self.pagers_stop.subscribe(),
+                    self.delivered_tx.clone(),
+                );
+                self.pagers
+                    .insert(name.clone(), PagerTask { fingerprint, pager });
+                self.pager_handles.push(handle);
+            }
+        }
+
+        let gone: Vec<String> = self
+            .probes
+            .keys()
+            .filter(|n| new.probe(n).is_none())
+            .cloned()
+            .collect();
+        for name in gone {
+            if let Some(task) = self.probes.remove(&name) {
+                let _ = task.stop.send(true);
+                removed += 1;
+            }
+            if let Some(spec) = old.probe(&name) {
+                for effect in self.state.engine.retire(&spec.rules, now) {
+                    if let Some(work) = crate::events::log_decision(effect) {
+                        self.carry_out(work, now);
+                    }
+                }
+            }
+        }
+        self.pagers
+            .retain(|name, _| matches!(new.actions.get(name), Some(ActionSpec::Webhook(_))));
+
+        for spec in &new.probes {
+            let fingerprint = format!("{spec:?}");
+            match self.probes.get(&spec.name) {
+                Some(task) if task.fingerprint == fingerprint => {
+                    kept += 1;
+                    continue;
+                }
+                Some(_) => changed += 1,
+                None => started += 1,
+            }
+            if let Some(old_task) = self.probes.remove(&spec.name) {
+                let _ = old_task.stop.send(true);
+            }
+            self.next_generation += 1;
+            let (stop, stop_rx) = watch::channel(false);
+            let probe = Arc::new(Probe::build(&spec.check, &mut self.clients));
+            let handle = tokio::spawn(probe_loop(
+                Arc::from(spec.name.as_str()),
+                self.next_generation,
+                spec.clone(),
+                probe,
+                self.in_flight.clone(),
+                self.events_tx.clone(),
+                stop_rx,
+                self.lateness.clone(),
+            ));
+            self.probes.insert(
+                spec.name.clone(),
+                ProbeTask {
+                    fingerprint,
+                    generation: self.next_generation,
+                    stop,
+                    handle,
+                },
+            );
+        }
+        if !Arc::ptr_eq(&old, &new) {
+            tracing::info!(
+                started,
+                changed,
+                removed,
+                unchanged = kept,
+                "config reloaded"
+            );
+        }
+        self.dirty = true;
     }
 }
 
+#[allow(clippy::too_many_arguments)]
 async fn probe_loop(
-    index: usize,
+    name: Arc<str>,
+    generation: u64,
     spec: ProbeSpec,
     probe: Arc<Probe>,
     in_flight: Arc<Semaphore>,
@@ -327,8 +686,8 @@ async fn probe_loop(
 ) {
     let start = Instant::now() + jitter(&spec.name, spec.interval);
     let mut ticks = tokio::time::interval_at(start, spec.interval);
-    // A check that overran its slot (it cannot: timeout < interval) or a stalled runtime must not
-    // cause a burst of catch-up checks.
+    // A check that overran its slot (it cannot: timeout < interval) or a stalled runtime must
+    // not cause a burst of catch-up checks.
     ticks.set_missed_tick_behavior(MissedTickBehavior::Delay);
     loop {
         let scheduled = tokio::select! {
@@ -349,14 +708,12 @@ async fn probe_loop(
             _ = stop.wait_for(|s| *s) => return,
         };
         drop(permit);
-        if events
-            .send(Event::Observed {
-                probe: index,
-                outcome,
-            })
-            .await
-            .is_err()
-        {
+        let event = Event::Observed {
+            probe: name.clone(),
+            generation,
+            outcome,
+        };
+        if events.send(event).await.is_err() {
             return;
         }
     }

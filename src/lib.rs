@@ -11,7 +11,8 @@
 //! - [`daemon`]: `watchdog run`, one task per probe, the engine in one task, actions spawned.
 //! - [`events`]: notable events, logged from one place each.
 //! - [`check`]: `watchdog check`, the one-shot for cron and container health checks.
-//! - [`state`]: the engine state `check` keeps between runs.
+//! - [`state`]: what survives a restart: engine state and the page outbox, written atomically.
+//! - [`notify`]: sd_notify to systemd (ready, reloading, status, keep-alives).
 //! - [`logging`]: tracing to stderr, JSON or journald.
 //! - [`cli`]: the command line.
 
@@ -24,6 +25,7 @@ pub mod daemon;
 pub mod events;
 pub mod health;
 pub mod logging;
+pub mod notify;
 pub mod probe;
 pub mod rules;
 pub mod state;

@@ -103,9 +103,34 @@ async fn async_main(cli: Cli) -> i32 {
                     return EX_CONFIG;
                 }
             };
-            daemon::run(cfg, daemon::RunOptions { dry_run }, shutdown_signal()).await;
-            0
+            let (reload_tx, reload_rx) = tokio::sync::mpsc::channel(4);
+            tokio::spawn(forward_sighup(reload_tx));
+            let options = daemon::RunOptions {
+                dry_run,
+                config_path: Some(config),
+            };
+            match daemon::run(cfg, options, shutdown_signal(), reload_rx).await {
+                Ok(_) => 0,
+                Err(e) => {
+                    eprintln!("watchdog run: {e}");
+                    1
+                }
+            }
         }
+    }
+}
+
+/// Each SIGHUP asks the daemon to reload its config.
+async fn forward_sighup(reloads: tokio::sync::mpsc::Sender<()>) {
+    use tokio::signal::unix::{SignalKind, signal};
+    let Ok(mut hup) = signal(SignalKind::hangup()) else {
+        tracing::error!("cannot install the SIGHUP handler; reload by restarting");
+        return;
+    };
+    while hup.recv().await.is_some() {
+        tracing::info!("SIGHUP: reloading the config");
+        // A full queue means reloads are already pending: one more adds nothing.
+        let _ = reloads.try_send(());
     }
 }
 

@@ -318,6 +318,34 @@ impl Engine {
         effects
     }
 
+    /// The probe left the config: forget it, resolving the pages of its open incident so
+    /// nobody is left holding an alert for a probe that no longer exists.
+    pub fn retire(&mut self, spec: &ProbeRules, now: Timestamp) -> Vec<Effect> {
+        let Some(memory) = self.probes.remove(&spec.probe) else {
+            return Vec::new();
+        };
+        let Some(incident) = memory.incident else {
+            return Vec::new();
+        };
+        let view = view(spec, &memory.health, &incident, &incident.reason);
+        let lasted = Duration::from_secs(now.saturating_since(incident.opened).as_secs());
+        let summary = format!(
+            "{} was removed from the config while down (for {})",
+            spec.probe,
+            humantime::format_duration(lasted)
+        );
+        incident
+            .paged
+            .iter()
+            .map(|pager| Effect::Page {
+                pager: pager.clone(),
+                event: PageEvent::Resolved,
+                summary: summary.clone(),
+                incident: view.clone(),
+            })
+            .collect()
+    }
+
     /// A remedy ended (however it ended): start the probe's `restart_grace`.
     pub fn remedy_finished(
         &mut self,
@@ -771,6 +799,28 @@ mod tests {
             simulate(&mut e, &spec, "---++", 10),
             ["12:down", "14:up", "14:run notify"]
         );
+    }
+
+    #[test]
+    fn retiring_a_probe_resolves_its_pages() {
+        let mut e = Engine::default();
+        let spec = ProbeRules {
+            rules: vec![Rule {
+                trigger: Trigger::Down,
+                actions: vec![pager("oncall")],
+                budget: None,
+            }],
+            ..apache()
+        };
+        simulate(&mut e, &spec, "+---", 0);
+        let effects = e.retire(&spec, Timestamp::secs(10));
+        assert!(
+            matches!(&effects[..], [Effect::Page { pager, event: PageEvent::Resolved, summary, .. }]
+                if pager == "oncall" && summary == "apache was removed from the config while down (for 7s)"),
+            "{effects:?}"
+        );
+        assert!(e.probe("apache").is_none());
+        assert!(e.retire(&spec, Timestamp::secs(11)).is_empty());
     }
 
     #[test]

@@ -84,29 +84,34 @@ pub fn backoff(attempt: u32) -> Duration {
     Duration::from_secs(1u64 << attempt.min(9)).min(Duration::from_secs(300))
 }
 
-/// The daemon's queue for one webhook.
+/// The daemon's queue for one webhook. Pages carry the outbox id they were stored under; the
+/// delivery task reports each id back on `delivered` once the receiver acknowledged it, so the
+/// outbox can forget it.
 #[derive(Debug, Clone)]
 pub struct Pager {
-    tx: mpsc::UnboundedSender<Page>,
+    tx: mpsc::UnboundedSender<(u64, Page)>,
 }
 
 impl Pager {
     /// Starts the delivery task. It ends when every `Pager` clone is dropped and the queue is
-    /// empty, or when `stop` fires (then it logs what it could not deliver).
+    /// empty, or when `stop` fires (what it could not deliver stays in the outbox for the next
+    /// start).
     pub fn spawn(
         name: String,
         spec: WebhookAction,
         client: reqwest::Client,
         mut stop: tokio::sync::watch::Receiver<bool>,
+        delivered: mpsc::UnboundedSender<u64>,
     ) -> (Pager, tokio::task::JoinHandle<()>) {
-        let (tx, mut rx) = mpsc::unbounded_channel::<Page>();
+        let (tx, mut rx) = mpsc::unbounded_channel::<(u64, Page)>();
         let task = tokio::spawn(async move {
-            while let Some(page) = rx.recv().await {
+            while let Some((id, page)) = rx.recv().await {
                 let mut attempt = 0u32;
                 loop {
                     match deliver(&client, &spec, &page).await {
                         Ok(()) => {
                             tracing::info!(action = %name, probe = %page.probe, event = ?page.event, attempts = attempt + 1, "page delivered");
+                            let _ = delivered.send(id);
                             break;
                         }
                         Err(e) => {
@@ -116,9 +121,9 @@ impl Pager {
                             tokio::select! {
                                 _ = tokio::time::sleep(wait) => {}
                                 _ = stop.wait_for(|s| *s) => {
-                                    let mut lost = 1;
-                                    while rx.try_recv().is_ok() { lost += 1; }
-                                    tracing::error!(action = %name, pages = lost, "stopping with undelivered pages");
+                                    let mut left = 1;
+                                    while rx.try_recv().is_ok() { left += 1; }
+                                    tracing::warn!(action = %name, pages = left, "stopping with undelivered pages; they stay in the outbox");
                                     return;
                                 }
                             }
@@ -130,8 +135,8 @@ impl Pager {
         (Pager { tx }, task)
     }
 
-    pub fn send(&self, page: Page) {
+    pub fn send(&self, id: u64, page: Page) {
         // The task only ends after every sender is gone, so this cannot fail while we hold one.
-        let _ = self.tx.send(page);
+        let _ = self.tx.send((id, page));
     }
 }
