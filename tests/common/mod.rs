@@ -253,7 +253,12 @@ pub struct Receiver {
 
 impl Receiver {
     pub fn start(hang: bool) -> Receiver {
-        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+        Self::start_on(0, hang)
+    }
+
+    /// On a given port (0: any), e.g. to bring a receiver up where a pager was failing.
+    pub fn start_on(port: u16, hang: bool) -> Receiver {
+        let listener = TcpListener::bind(("127.0.0.1", port)).unwrap();
         let port = listener.local_addr().unwrap().port();
         let pages = Arc::new(Mutex::new(Vec::new()));
         let sink = pages.clone();
@@ -332,7 +337,12 @@ pub struct Watchdog {
 
 impl Watchdog {
     pub fn run(config: &Path, dir: &Path) -> Watchdog {
-        let log = dir.join("watchdog.log");
+        Self::run_logging_to(config, &dir.join("watchdog.log"))
+    }
+
+    /// Another run with its own log file (after a restart, say).
+    pub fn run_logging_to(config: &Path, log: &Path) -> Watchdog {
+        let log = log.to_path_buf();
         let child = Command::new(watchdog_bin())
             .args(["--log-format", "json", "run", "--config"])
             .arg(config)
@@ -388,6 +398,16 @@ impl Watchdog {
 
     pub fn pid(&self) -> u32 {
         self.child.id()
+    }
+
+    pub fn signal(&self, signal: nix::sys::signal::Signal) {
+        nix::sys::signal::kill(nix::unistd::Pid::from_raw(self.child.id() as i32), signal).unwrap();
+    }
+
+    /// kill -9 and reap.
+    pub fn kill9(mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
     }
 
     /// SIGTERM, and wait for a clean exit; returns the exit code.
