@@ -44,7 +44,7 @@
 #     binaries with cargo if they are missing (set BENCH_BUILD=1 to always run the build).
 #
 # HOW TO RUN
-#   bench/run.sh                      # defaults: about 4-5 minutes
+#   bench/run.sh                      # defaults: about 3.5 minutes
 #   BENCH_SECONDS=30 bench/run.sh     # shorter windows
 #   BENCH_SIZES="1000" bench/run.sh   # only the 1,000-probe load
 #   MONIT_10K=1 bench/run.sh          # also monit at 10,000 checks (+1 window)
@@ -144,6 +144,11 @@ status_kb() { # status_kb PID FIELD -> value in kB (VmRSS, VmHWM)
     echo 0
 }
 threads() { status_kb "$1" Threads; }
+expect_comm() { # expect_comm PID NAME: the PID we measure is really that program
+    local comm
+    comm=$(<"/proc/$1/comm")
+    [[ $comm == "$2" ]] || die "PID $1 is '$comm', expected '$2'"
+}
 mib() { awk -v k="$1" 'BEGIN { printf "%.2f", k / 1024 }'; }
 ms() { awk -v v="$1" 'BEGIN { printf "%.2f", v }'; }
 port_free() { ! (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null; }
@@ -236,6 +241,7 @@ run_watchdog_load() { # run_watchdog_load N
         sleep 0.1
     done
     t1=$EPOCHREALTIME
+    expect_comm "$pid" watchdog
     R_STARTUP=$(awk -v a="$t0" -v b="$t1" 'BEGIN { printf "%.2f", b - a }')
     ticksA=$(cpu_ticks "$pid")
     servedA=$(served_total "${CONTROL_PORTS[@]}")
@@ -283,6 +289,7 @@ run_monit_load() { # run_monit_load N
     PIDS+=("$pid")
     sleep 0.5
     kill -0 "$pid" 2>/dev/null || die "monit exited at start: $(tail -n5 "$dir/stdout.log")"
+    expect_comm "$pid" monit
     ticksA=$(cpu_ticks "$pid")
     servedA=$(served_total "${CONTROL_PORTS[@]}")
     # Poll the answered-request counter to see monit's cycles (bursts of requests).
@@ -367,6 +374,8 @@ PIDS+=("$IDLE_M")
 sleep "$IDLE_SECONDS"
 kill -0 "$IDLE_W" 2>/dev/null || die "idle watchdog exited: $(tail -n5 "$WORK/watchdog-idle.log")"
 kill -0 "$IDLE_M" 2>/dev/null || die "idle monit exited: $(tail -n5 "$WORK/monit-idle/stdout.log")"
+expect_comm "$IDLE_W" watchdog
+expect_comm "$IDLE_M" monit
 IW_RSS=$(status_kb "$IDLE_W" VmRSS) IW_HWM=$(status_kb "$IDLE_W" VmHWM) IW_THREADS=$(threads "$IDLE_W")
 IM_RSS=$(status_kb "$IDLE_M" VmRSS) IM_HWM=$(status_kb "$IDLE_M" VmHWM) IM_THREADS=$(threads "$IDLE_M")
 stop_pid "$IDLE_W"
@@ -441,7 +450,12 @@ for n in $MONIT_SIZES; do
 done
 if [[ $MONIT_10K != 1 ]]; then
     n=$MONIT_CHECKS
-    echo "monit, 10000 checks: not run (MONIT_10K=1 to run it). monit checks serially; from the $n-check run a 10,000-check cycle would take ~$(awk -v c="${M[$n,CYCLE_S]}" -v n="$n" 'BEGIN { printf "%.1f", c * 10000 / n }') s."
+    if ((${M[$n,CYCLES]} > 0)); then
+        proj="from the $n-check run a 10,000-check cycle would take ~$(awk -v c="${M[$n,CYCLE_S]}" -v n="$n" 'BEGIN { printf "%.1f", c * 10000 / n }') s"
+    else
+        proj="no full cycle was seen in the window (make BENCH_SECONDS longer)"
+    fi
+    echo "monit, 10000 checks: not run (MONIT_10K=1 to run it). monit checks serially; $proj."
 fi
 echo
 n=$MONIT_CHECKS

@@ -123,8 +123,7 @@ pub async fn run(config: Config, selected: &[String], dry_run: bool) -> Result<R
         .engine
         .retain_probes(|name| config.probe(name).is_some());
 
-    let client = reqwest::Client::builder()
-        .no_proxy()
+    let client = crate::probe::client_builder()
         .build()
         .map_err(|e| format!("HTTP client: {e}"))?;
     let mut pending = retry_pending(

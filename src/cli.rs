@@ -4,7 +4,7 @@
 //! | code | meaning |
 //! |---|---|
 //! | 0 | `run`: stopped cleanly; `check`: every probe passed and is up; `validate`: config valid |
-//! | 1 | `check`: a probe failed or is down (or the state dir is unusable) |
+//! | 1 | `check`: a probe failed or is down (or the state dir is unusable); `status`, `pause`, `resume`, `reload`: the daemon refused or could not be reached |
 //! | 2 | usage error (clap) |
 //! | 78 | bad config (`EX_CONFIG`) |
 
@@ -15,6 +15,17 @@ use clap::{Parser, Subcommand};
 use crate::logging::LogFormat;
 
 pub const DEFAULT_CONFIG: &str = "/etc/uptime-watchdog/watchdog.toml";
+
+/// How the client verbs find the daemon: its API socket, named directly or by the config.
+#[derive(Debug, clap::Args)]
+pub struct DaemonAddress {
+    /// The config the daemon runs with (its `api_socket`, or `state_dir/watchdog.sock`).
+    #[arg(long, short, default_value = DEFAULT_CONFIG)]
+    pub config: PathBuf,
+    /// The daemon's API socket, instead of reading the config.
+    #[arg(long)]
+    pub socket: Option<PathBuf>,
+}
 
 #[derive(Debug, Parser)]
 #[command(
@@ -68,6 +79,41 @@ pub enum Command {
         /// Check and decide, but run no action and send no page.
         #[arg(long)]
         dry_run: bool,
+    },
+    /// Show every probe's state, last result and last action (from the running daemon).
+    #[command(
+        after_help = "Examples:\n  watchdog status\n  watchdog status --json | jq '.probes[] | select(.state == \"down\")'"
+    )]
+    Status {
+        #[command(flatten)]
+        daemon: DaemonAddress,
+        /// Print the JSON the API returns.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Pause a probe for a maintenance window: its results are ignored and no action runs
+    /// until it is resumed or the time runs out. Kept across daemon restarts.
+    #[command(after_help = "Example:\n  watchdog pause apache --for 30m")]
+    Pause {
+        #[command(flatten)]
+        daemon: DaemonAddress,
+        probe: String,
+        /// How long (e.g. 30m, 2h); without it, until `watchdog resume`.
+        #[arg(long = "for", value_name = "DURATION")]
+        duration: Option<String>,
+    },
+    /// Resume a paused probe; its counters start afresh.
+    #[command(after_help = "Example:\n  watchdog resume apache")]
+    Resume {
+        #[command(flatten)]
+        daemon: DaemonAddress,
+        probe: String,
+    },
+    /// Make the running daemon re-read its config (as SIGHUP does); refused if invalid.
+    #[command(after_help = "Example:\n  watchdog reload")]
+    Reload {
+        #[command(flatten)]
+        daemon: DaemonAddress,
     },
     /// Check a config and report every problem at once as file:line:col: probe "name": message.
     /// Exit 0: valid (warnings allowed); 78: errors.

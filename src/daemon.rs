@@ -40,12 +40,13 @@ use tokio::time::{Instant, MissedTickBehavior};
 use crate::action::webhook::{Page, Pager};
 use crate::action::{self, Context};
 use crate::clock;
-use crate::config::{self, ActionSpec, Config, ProbeSpec};
+use crate::config::{self, ActionSpec, Config};
 use crate::events::Work;
 use crate::health::State;
 use crate::notify::Notifier;
 use crate::probe::{HttpClients, Outcome, Probe};
 use crate::state::{self, SavedState};
+use crate::status::{Control, Metrics, ProbeLabels, ProbeStatus, StatusReport};
 
 /// What the other tasks tell the engine task.
 enum Event {
@@ -150,6 +151,10 @@ struct Daemon {
     notifier: Notifier,
     last_observation: Instant,
     last_status: String,
+    metrics: Arc<Metrics>,
+    /// The last result of each probe, and the last action taken for it, for `/status`.
+    last_checks: BTreeMap<String, (Outcome, Instant)>,
+    last_actions: BTreeMap<String, String>,
 }
 
 /// Runs until `shutdown` completes; each message on `reloads` re-reads the config. Fails only
@@ -186,10 +191,7 @@ pub async fn run(
         next_generation: 0,
         pagers: BTreeMap::new(),
         pager_handles: Vec::new(),
-        page_client: reqwest::Client::builder()
-            .no_proxy()
-            .build()
-            .unwrap_or_default(),
+        page_client: crate::probe::client_builder().build().unwrap_or_default(),
         delivered_tx,
         pagers_stop: watch::channel(false).0,
         remedy_locks: BTreeMap::new(),
@@ -200,9 +202,51 @@ pub async fn run(
         notifier: Notifier::from_env(),
         last_observation: Instant::now(),
         last_status: String::new(),
+        metrics: Arc::new(Metrics::default()),
+        last_checks: BTreeMap::new(),
+        last_actions: BTreeMap::new(),
     };
     let config = daemon.config.clone();
     daemon.apply(config);
+    let (control_tx, mut control_rx) = mpsc::channel::<Control>(16);
+    let (api_stop, _) = watch::channel(false);
+    let mut api_tasks = Vec::new();
+    let api = &daemon.config.watchdog;
+    match crate::status::serve_unix(
+        api.api_socket.clone(),
+        control_tx.clone(),
+        daemon.metrics.clone(),
+        api_stop.subscribe(),
+    )
+    .await
+    {
+        Ok(task) => api_tasks.push(task),
+        Err(e) => tracing::error!(error = %e, "status API unavailable"),
+    }
+    if let Some(address) = api.api_listen {
+        let token = match api.api_token.as_ref().map(|t| t.resolve()) {
+            Some(Err(e)) => {
+                tracing::error!(error = %e, "api_token cannot be read: the TCP API stays off");
+                None
+            }
+            other => Some(other.and_then(Result::ok)),
+        };
+        if let Some(token) = token {
+            match crate::status::serve_tcp(
+                address,
+                token,
+                control_tx.clone(),
+                daemon.metrics.clone(),
+                api_stop.subscribe(),
+            )
+            .await
+            {
+                Ok(task) => api_tasks.push(task),
+                Err(e) => tracing::error!(error = %e, "status API on TCP unavailable"),
+            }
+        }
+    }
+    drop(control_tx);
     // Pages left in the outbox by an earlier run are on disk already: send them now.
     daemon.dispatch_pages();
     tracing::info!(
@@ -232,6 +276,7 @@ pub async fn run(
             Some(()) = reloads.recv() => daemon.reload(),
             Some(event) = events_rx.recv() => daemon.handle(event),
             Some(id) = delivered_rx.recv() => daemon.delivered(id),
+            Some(control) = control_rx.recv() => daemon.control(control),
             Some(_) = daemon.remedy_tasks.join_next(), if !daemon.remedy_tasks.is_empty() => {}
             _ = housekeeping.tick() => daemon.housekeeping(),
         }
@@ -239,6 +284,11 @@ pub async fn run(
 
     tracing::info!("stopping");
     daemon.notifier.stopping();
+    let _ = api_stop.send(true);
+    for task in api_tasks {
+        let _ = tokio::time::timeout(Duration::from_secs(2), task).await;
+    }
+    let _ = std::fs::remove_file(&daemon.config.watchdog.api_socket);
     for task in std::mem::take(&mut daemon.probes).into_values() {
         let _ = task.stop.send(true);
         let _ = task.handle.await;
@@ -327,6 +377,25 @@ impl Daemon {
                     self.state
                         .engine
                         .observe(&spec.rules, outcome.verdict(), &outcome.reason, now);
+                let labels = ProbeLabels {
+                    probe: spec.name.clone(),
+                };
+                self.metrics
+                    .probe_duration
+                    .get_or_create(&labels)
+                    .observe(outcome.latency.as_secs_f64());
+                if !outcome.ok {
+                    self.metrics.probe_failures.get_or_create(&labels).inc();
+                }
+                let up = self
+                    .state
+                    .engine
+                    .probe(&spec.name)
+                    .is_some_and(|m| m.health.state == State::Up);
+                self.metrics
+                    .probe_up
+                    .get_or_create(&labels)
+                    .set(i64::from(up));
                 // Counters of healthy probes change at every check; persisting those would
                 // write the file every second for nothing. Failures and decisions are kept.
                 if !effects.is_empty() || !outcome.ok {
@@ -337,6 +406,8 @@ impl Daemon {
                         self.carry_out(work, now);
                     }
                 }
+                self.last_checks
+                    .insert(spec.name.clone(), (outcome, Instant::now()));
             }
             Event::RemedyDone {
                 probe,
@@ -492,11 +563,110 @@ impl Daemon {
     }
 
     fn delivered(&mut self, id: u64) {
+        if let Some(p) = self.state.pending_pages.iter().find(|p| p.id == id) {
+            let line = format!("page {} ({:?}): delivered", p.action, p.page.event);
+            self.last_actions.insert(p.page.probe.clone(), line);
+        }
+        self.metrics.action("webhook", "delivered");
         self.state.pending_pages.retain(|p| p.id != id);
         self.dirty = true;
     }
 
+    fn control(&mut self, control: Control) {
+        let now = clock::now();
+        let known = |config: &Config, probe: &str| {
+            config.probe(probe).map(|_| ()).ok_or_else(|| {
+                let names: Vec<&str> = config.probes.iter().map(|p| p.name.as_str()).collect();
+                format!("no probe named \"{probe}\"; probes: {}", names.join(", "))
+            })
+        };
+        match control {
+            Control::Status(reply) => {
+                let _ = reply.send(self.report(now));
+            }
+            Control::Pause {
+                probe,
+                duration,
+                reply,
+            } => {
+                let result = known(&self.config, &probe).map(|()| {
+                    self.state.engine.pause(&probe, duration.map(|d| now + d));
+                    self.dirty = true;
+                    let until = duration.map_or("until resumed".to_string(), |d| format!("for {}", humantime::format_duration(d)));
+                    tracing::warn!(probe = %probe, until = %until, "paused: results ignored, no actions");
+                    format!("{probe} paused {until}")
+                });
+                let _ = reply.send(result);
+            }
+            Control::Resume { probe, reply } => {
+                let result = known(&self.config, &probe).and_then(|()| {
+                    if self.state.engine.resume(&probe, now) {
+                        self.dirty = true;
+                        tracing::info!(probe = %probe, "resumed");
+                        Ok(format!("{probe} resumed"))
+                    } else {
+                        Err(format!("{probe} is not paused"))
+                    }
+                });
+                let _ = reply.send(result);
+            }
+            Control::Reload(reply) => {
+                let before = self.config.clone();
+                self.reload();
+                let result = if Arc::ptr_eq(&before, &self.config) {
+                    Err("reload refused: the new config is invalid (see the daemon's log, or run `watchdog validate`)".to_string())
+                } else {
+                    Ok("reloaded".to_string())
+                };
+                let _ = reply.send(result);
+            }
+        }
+    }
+
+    fn report(&self, now: clock::Timestamp) -> StatusReport {
+        let probes = self
+            .config
+            .probes
+            .iter()
+            .map(|spec| {
+                let memory = self.state.engine.probe(&spec.name);
+                let last = self.last_checks.get(&spec.name);
+                ProbeStatus {
+                    name: spec.name.clone(),
+                    kind: spec.check.kind().to_string(),
+                    state: memory.map_or("starting".to_string(), |m| m.health.state.to_string()),
+                    state_for_seconds: memory
+                        .map_or(0, |m| now.saturating_since(m.health.since).as_secs()),
+                    paused: self
+                        .state
+                        .engine
+                        .paused_until(&spec.name, now)
+                        .map(|until| until.map(|t| t.saturating_since(now).as_secs())),
+                    last_ok: last.map(|(o, _)| o.ok),
+                    last_reason: last.map(|(o, _)| o.reason.clone()),
+                    last_latency_ms: last.map(|(o, _)| o.latency.as_millis() as u64),
+                    last_checked_seconds_ago: last.map(|(_, at)| at.elapsed().as_secs()),
+                    consecutive_failures: memory.map_or(0, |m| m.health.consecutive_failures),
+                    consecutive_successes: memory.map_or(0, |m| m.health.consecutive_successes),
+                    open_incident: memory.and_then(|m| m.incident_id()),
+                    last_action: self.last_actions.get(&spec.name).cloned(),
+                }
+            })
+            .collect();
+        StatusReport {
+            version: env!("CARGO_PKG_VERSION").to_string(),
+            host: self.config.watchdog.hostname.clone(),
+            pid: std::process::id(),
+            dry_run: self.dry_run(),
+            pending_pages: self.state.pending_pages.len(),
+            probes,
+        }
+    }
+
     fn housekeeping(&mut self) {
+        self.metrics
+            .pages_pending
+            .set(self.state.pending_pages.len() as i64);
         if self.dirty {
             self.save();
         }
@@ -643,7 +813,7 @@ impl Daemon {
             let handle = tokio::spawn(probe_loop(
                 Arc::from(spec.name.as_str()),
                 self.next_generation,
-                spec.clone(),
+                (spec.interval, spec.timeout),
                 probe,
                 self.in_flight.clone(),
                 self.events_tx.clone(),
@@ -677,15 +847,15 @@ impl Daemon {
 async fn probe_loop(
     name: Arc<str>,
     generation: u64,
-    spec: ProbeSpec,
+    (interval, timeout): (Duration, Duration),
     probe: Arc<Probe>,
     in_flight: Arc<Semaphore>,
     events: mpsc::Sender<Event>,
     mut stop: watch::Receiver<bool>,
     lateness: Arc<Mutex<Lateness>>,
 ) {
-    let start = Instant::now() + jitter(&spec.name, spec.interval);
-    let mut ticks = tokio::time::interval_at(start, spec.interval);
+    let start = Instant::now() + jitter(&name, interval);
+    let mut ticks = tokio::time::interval_at(start, interval);
     // A check that overran its slot (it cannot: timeout < interval) or a stalled runtime must
     // not cause a burst of catch-up checks.
     ticks.set_missed_tick_behavior(MissedTickBehavior::Delay);
@@ -703,8 +873,10 @@ async fn probe_loop(
         if let Ok(mut l) = lateness.lock() {
             l.record(Instant::now().saturating_duration_since(scheduled));
         }
+        // Boxed: the check's state exists only while a check runs (at most max_in_flight at
+        // once), instead of inside every idle probe task.
         let outcome = tokio::select! {
-            o = probe.run(spec.timeout) => o,
+            o = Box::pin(probe.run(timeout)) => o,
             _ = stop.wait_for(|s| *s) => return,
         };
         drop(permit);

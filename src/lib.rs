@@ -13,6 +13,7 @@
 //! - [`check`]: `watchdog check`, the one-shot for cron and container health checks.
 //! - [`state`]: what survives a restart: engine state and the page outbox, written atomically.
 //! - [`notify`]: sd_notify to systemd (ready, reloading, status, keep-alives).
+//! - [`status`]: the local API: JSON status, Prometheus metrics, pause/resume/reload.
 //! - [`logging`]: tracing to stderr, JSON or journald.
 //! - [`cli`]: the command line.
 
@@ -29,3 +30,4 @@ pub mod notify;
 pub mod probe;
 pub mod rules;
 pub mod state;
+pub mod status;

@@ -3,9 +3,9 @@
 use std::process::ExitCode;
 
 use clap::Parser;
-use uptime_watchdog::cli::{Cli, Command};
+use uptime_watchdog::cli::{Cli, Command, DaemonAddress};
 use uptime_watchdog::config::{self, Diagnostics, EX_CONFIG};
-use uptime_watchdog::{check, daemon, logging, probe};
+use uptime_watchdog::{check, daemon, logging, probe, status};
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
@@ -90,6 +90,46 @@ async fn async_main(cli: Cli) -> i32 {
                 }
             }
         }
+        Command::Status { daemon, json } => {
+            let socket = match socket_of(&daemon) {
+                Ok(s) => s,
+                Err(code) => return code,
+            };
+            match status::request(&socket, reqwest::Method::GET, "/status").await {
+                Ok((200, body)) if json => {
+                    println!("{body}");
+                    0
+                }
+                Ok((200, body)) => match serde_json::from_str::<status::StatusReport>(&body) {
+                    Ok(report) => {
+                        print!("{}", status::table(&report));
+                        0
+                    }
+                    Err(e) => {
+                        eprintln!("watchdog status: unexpected answer ({e}): {body}");
+                        1
+                    }
+                },
+                Ok((code, body)) => {
+                    eprintln!("watchdog status: HTTP {code}: {}", body.trim());
+                    1
+                }
+                Err(e) => {
+                    eprintln!("watchdog status: {e}");
+                    1
+                }
+            }
+        }
+        Command::Pause {
+            daemon,
+            probe,
+            duration,
+        } => {
+            let query = duration.map(|d| format!("?for={d}")).unwrap_or_default();
+            control(&daemon, &format!("/pause/{probe}{query}")).await
+        }
+        Command::Resume { daemon, probe } => control(&daemon, &format!("/resume/{probe}")).await,
+        Command::Reload { daemon } => control(&daemon, "/reload").await,
         Command::Run { config, dry_run } => {
             let cfg = match config::load(&config) {
                 Ok((cfg, warnings)) => {
@@ -116,6 +156,43 @@ async fn async_main(cli: Cli) -> i32 {
                     1
                 }
             }
+        }
+    }
+}
+
+/// The daemon's API socket, from `--socket` or its config.
+fn socket_of(daemon: &DaemonAddress) -> Result<std::path::PathBuf, i32> {
+    if let Some(socket) = &daemon.socket {
+        return Ok(socket.clone());
+    }
+    match config::load(&daemon.config) {
+        Ok((cfg, _)) => Ok(cfg.watchdog.api_socket),
+        Err(diags) => {
+            print_diagnostics(&diags);
+            eprintln!("watchdog: cannot find the daemon's socket from this config; give --socket");
+            Err(EX_CONFIG)
+        }
+    }
+}
+
+/// A POST to the daemon's API; prints its answer. 0 when it agreed.
+async fn control(daemon: &DaemonAddress, path: &str) -> i32 {
+    let socket = match socket_of(daemon) {
+        Ok(s) => s,
+        Err(code) => return code,
+    };
+    match status::request(&socket, reqwest::Method::POST, path).await {
+        Ok((200, body)) => {
+            print!("{body}");
+            0
+        }
+        Ok((code, body)) => {
+            eprintln!("watchdog: HTTP {code}: {}", body.trim());
+            1
+        }
+        Err(e) => {
+            eprintln!("watchdog: {e}");
+            1
         }
     }
 }

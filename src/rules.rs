@@ -199,6 +199,10 @@ impl ProbeMemory {
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Engine {
     probes: BTreeMap<String, ProbeMemory>,
+    /// Probes an operator paused (maintenance): their results are ignored until the pause
+    /// ends, at the given time or by `resume`. `None`: until resumed.
+    #[serde(default)]
+    paused: BTreeMap<String, Option<Timestamp>>,
     /// When each remedy action ran, for budgets. Pruned to the longest budget window on use.
     runs: BTreeMap<String, Vec<Timestamp>>,
     next_incident: u64,
@@ -212,6 +216,7 @@ impl Engine {
     /// Forgets probes that are no longer configured.
     pub fn retain_probes(&mut self, keep: impl Fn(&str) -> bool) {
         self.probes.retain(|name, _| keep(name));
+        self.paused.retain(|name, _| keep(name));
     }
 
     /// Feeds one probe result. `reason` is the probe's human line ("HTTP 504 in 3 ms").
@@ -222,6 +227,13 @@ impl Engine {
         reason: &str,
         now: Timestamp,
     ) -> Vec<Effect> {
+        if self.is_paused(&spec.probe, now) {
+            return Vec::new();
+        }
+        if self.paused.remove(&spec.probe).is_some() {
+            // The pause ran out by itself: start afresh, as after `resume`.
+            self.restart_health(&spec.probe, now);
+        }
         let mut effects = Vec::new();
         let next_incident = &mut self.next_incident;
         let memory = self
@@ -316,6 +328,40 @@ impl Engine {
             }
         }
         effects
+    }
+
+    /// Pauses a probe (a maintenance window): no state changes, no actions, no pages until
+    /// `until` (or until resumed). A running incident stays open.
+    pub fn pause(&mut self, probe: &str, until: Option<Timestamp>) {
+        self.paused.insert(probe.to_string(), until);
+    }
+
+    /// Ends a pause. The probe's counters start afresh: what it saw before the maintenance is
+    /// not evidence about the service after it. Returns whether it was paused.
+    pub fn resume(&mut self, probe: &str, now: Timestamp) -> bool {
+        let was = self.paused.remove(probe).is_some();
+        if was {
+            self.restart_health(probe, now);
+        }
+        was
+    }
+
+    /// `Some(until)` while paused (`until` `None`: until resumed).
+    pub fn paused_until(&self, probe: &str, now: Timestamp) -> Option<Option<Timestamp>> {
+        self.paused
+            .get(probe)
+            .copied()
+            .filter(|until| until.is_none_or(|t| now < t))
+    }
+
+    pub fn is_paused(&self, probe: &str, now: Timestamp) -> bool {
+        self.paused_until(probe, now).is_some()
+    }
+
+    fn restart_health(&mut self, probe: &str, now: Timestamp) {
+        if let Some(memory) = self.probes.get_mut(probe) {
+            memory.health = Health::new(now);
+        }
     }
 
     /// The probe left the config: forget it, resolving the pages of its open incident so
@@ -821,6 +867,25 @@ mod tests {
         );
         assert!(e.probe("apache").is_none());
         assert!(e.retire(&spec, Timestamp::secs(11)).is_empty());
+    }
+
+    #[test]
+    fn a_paused_probe_neither_changes_state_nor_acts_and_starts_afresh_after() {
+        let mut e = Engine::default();
+        let spec = apache();
+        simulate(&mut e, &spec, "+", 0);
+        e.pause("apache", Some(Timestamp::secs(20)));
+        assert!(e.is_paused("apache", Timestamp::secs(5)));
+        assert_eq!(simulate(&mut e, &spec, "-----", 1), Vec::<String>::new());
+        // Expired at 20: counting starts again from "starting".
+        assert_eq!(
+            simulate(&mut e, &spec, "---", 20),
+            ["22:down", "22:run restart"]
+        );
+        e.pause("apache", None);
+        assert!(e.resume("apache", Timestamp::secs(40)));
+        assert!(!e.resume("apache", Timestamp::secs(41)));
+        assert_eq!(e.probe("apache").unwrap().health.state, State::Starting);
     }
 
     #[test]

@@ -278,28 +278,67 @@ fn check_watchdog(main: &Document, diags: &mut Diagnostics) -> WatchdogSettings 
             .ok()
             .and_then(|h| h.into_string().ok())
             .unwrap_or_else(|| "localhost".into()),
+        api_socket: PathBuf::from(WatchdogSettings::DEFAULT_STATE_DIR).join("watchdog.sock"),
+        api_listen: None,
+        api_token: None,
     };
     let Some((w, _)) = &main.watchdog else {
         return settings;
     };
+    let base = main
+        .source
+        .path
+        .parent()
+        .map(PathBuf::from)
+        .unwrap_or_default();
     let mut ctx = Ctx {
         source: &main.source,
         subject: Some("[watchdog]".into()),
         diags,
     };
     if let Some(dir) = &w.state_dir {
-        let path = PathBuf::from(dir.get_ref());
-        if path.is_relative() {
-            // Relative to the config file, so a checkout's config works from any cwd.
-            let base = main
-                .source
-                .path
-                .parent()
-                .map(PathBuf::from)
-                .unwrap_or_default();
-            settings.state_dir = base.join(path);
-        } else {
-            settings.state_dir = path;
+        // Relative to the config file, so a checkout's config works from any cwd.
+        settings.state_dir = base.join(dir.get_ref());
+    }
+    settings.api_socket = match &w.api_socket {
+        Some(path) => base.join(path.get_ref()),
+        None => settings.state_dir.join("watchdog.sock"),
+    };
+    if settings.api_socket.as_os_str().len() > 100 {
+        ctx.warn(
+            w.api_socket.as_ref().map_or(0, |t| t.span().start),
+            format!(
+                "the API socket path {} is longer than a unix socket allows (~107 bytes); set `api_socket`",
+                settings.api_socket.display()
+            ),
+        );
+    }
+    if let Some(listen) = &w.api_listen {
+        match listen.get_ref().parse::<std::net::SocketAddr>() {
+            Ok(addr) => {
+                if !addr.ip().is_loopback() && w.api_token.is_none() {
+                    ctx.warn(
+                        listen.span().start,
+                        format!(
+                            "the API on {addr} is reachable from the network without `api_token`"
+                        ),
+                    );
+                }
+                settings.api_listen = Some(addr);
+            }
+            Err(_) => ctx.error(
+                listen.span().start,
+                format!(
+                    "`api_listen` `{}` is not an address:port (e.g. \"127.0.0.1:9810\")",
+                    listen.get_ref()
+                ),
+            ),
+        }
+    }
+    if let Some(token) = &w.api_token {
+        match SecretRef::parse(token.get_ref()) {
+            Ok(secret) => settings.api_token = Some(secret),
+            Err(e) => ctx.error(token.span().start, format!("`api_token`: {e}")),
         }
     }
     settings.dry_run = w.dry_run.unwrap_or(false);

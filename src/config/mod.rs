@@ -53,6 +53,10 @@ pub struct WatchdogSettings {
     /// At most this many checks run at once, whatever the number of probes.
     pub max_in_flight: usize,
     pub hostname: String,
+    /// The status API's unix socket.
+    pub api_socket: PathBuf,
+    pub api_listen: Option<std::net::SocketAddr>,
+    pub api_token: Option<SecretRef>,
 }
 
 impl WatchdogSettings {

@@ -24,6 +24,12 @@ pub struct Watchdog {
     pub max_in_flight: Option<Count>,
     /// The name pages and env vars give this host; defaults to the kernel's hostname.
     pub hostname: Option<Text>,
+    /// The status API's unix socket (default: `state_dir/watchdog.sock`).
+    pub api_socket: Option<Text>,
+    /// Also serve the API on TCP, e.g. "127.0.0.1:9810" (for Prometheus).
+    pub api_listen: Option<Text>,
+    /// Bearer token required on the TCP API (`env:`/`file:`).
+    pub api_token: Option<Text>,
 }
 
 /// `[defaults]`: the probe settings every probe inherits unless it sets its own.

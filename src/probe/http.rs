@@ -51,10 +51,15 @@ pub fn install_crypto_provider() {
     });
 }
 
-fn build_client(insecure: bool) -> reqwest::Client {
+/// Every HTTP client of the watchdog starts here: the TLS provider installed (without it
+/// reqwest panics) and no proxy from the environment (we talk to the target, not HTTP_PROXY).
+pub fn client_builder() -> reqwest::ClientBuilder {
     install_crypto_provider();
-    reqwest::Client::builder()
-        .no_proxy()
+    reqwest::Client::builder().no_proxy()
+}
+
+fn build_client(insecure: bool) -> reqwest::Client {
+    client_builder()
         .pool_max_idle_per_host(0)
         .redirect(reqwest::redirect::Policy::none())
         .tls_danger_accept_invalid_certs(insecure)
@@ -72,6 +77,8 @@ pub struct HttpProbe {
     check: HttpCheck,
     client: reqwest::Client,
     method: reqwest::Method,
+    /// Parsed once: parsing (IDNA included) at every check was measurable at 10,000 probes.
+    url: Result<reqwest::Url, String>,
 }
 
 impl HttpProbe {
@@ -80,15 +87,19 @@ impl HttpProbe {
         // Checked by config; GET is a safe fallback should it ever not be.
         let method =
             reqwest::Method::from_bytes(check.method.as_bytes()).unwrap_or(reqwest::Method::GET);
+        let url =
+            reqwest::Url::parse(&check.url).map_err(|e| format!("bad url {}: {e}", check.url));
         HttpProbe {
             check,
             client,
             method,
+            url,
         }
     }
 
     fn request(&self) -> Result<reqwest::RequestBuilder, String> {
-        let mut req = self.client.request(self.method.clone(), &self.check.url);
+        let url = self.url.clone()?;
+        let mut req = self.client.request(self.method.clone(), url);
         for (k, v) in &self.check.headers {
             if let (Ok(k), Ok(v)) = (
                 HeaderName::from_bytes(k.as_bytes()),

@@ -19,7 +19,7 @@ use std::time::{Duration, Instant};
 
 use crate::config::CheckSpec;
 
-pub use http::HttpClients;
+pub use http::{HttpClients, client_builder};
 
 /// The result of one check.
 #[derive(Debug, Clone, PartialEq, Eq)]
