@@ -969,7 +969,7 @@ mod tests {
             uptime: Duration::from_secs(3 * 3600 + 120),
             children: Some(8),
             rss: 120 << 20,
-            cpu_percent: Some(3.14),
+            cpu_percent: Some(3.06),
             fds: Some(45),
         };
         assert_eq!(
