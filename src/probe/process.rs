@@ -736,11 +736,14 @@ fn count_children(pid: i32, scan: bool) -> Option<u64> {
             return Some(total);
         }
     }
-    scan.then(|| {
-        all_pids()
-            .filter(|p| read_stat(*p).is_some_and(|s| s.ppid == pid))
-            .count() as u64
-    })
+    scan.then(|| scan_children(pid))
+}
+
+/// Direct children by a walk of /proc: one stat read per process on the host.
+fn scan_children(pid: i32) -> u64 {
+    all_pids()
+        .filter(|p| read_stat(*p).is_some_and(|s| s.ppid == pid))
+        .count() as u64
 }
 
 /// Open fds; `None` when /proc/PID/fd cannot be read (another user's process, not root).
@@ -934,6 +937,41 @@ mod tests {
         assert!(matches!(s.state, 'R' | 'S'), "{}", s.state);
         let start_ns = s.start * 1_000_000_000 / clock_ticks();
         assert!(start_ns <= boottime_ns());
+    }
+
+    #[test]
+    fn children_by_kernel_list_and_by_scan_agree() {
+        let mut kids: Vec<_> = (0..3)
+            .map(|_| {
+                std::process::Command::new("sleep")
+                    .arg("30")
+                    .spawn()
+                    .unwrap()
+            })
+            .collect();
+        let me = std::process::id() as i32;
+        // Other tests in this binary spawn children too: compare both counts at one moment,
+        // retried until no spawn or exit falls between the two reads.
+        let deadline = Instant::now() + Duration::from_secs(10);
+        let (listed, scanned) = loop {
+            let (a, b, c) = (
+                count_children(me, false),
+                scan_children(me),
+                count_children(me, false),
+            );
+            if a == c || Instant::now() > deadline {
+                break (a, b);
+            }
+        };
+        for k in &mut kids {
+            let _ = k.kill();
+            let _ = k.wait();
+        }
+        assert!(scanned >= 3, "{scanned}");
+        // A kernel without CONFIG_PROC_CHILDREN has no list to compare with.
+        if let Some(listed) = listed {
+            assert_eq!(listed, scanned);
+        }
     }
 
     #[test]
