@@ -92,6 +92,18 @@ fn children_of(pid: i32) -> Vec<i32> {
         .collect()
 }
 
+/// Waits until `pid` has exec'd (its command line holds `marker`): a freshly forked child
+/// shows our own command line for a moment.
+fn wait_exec(pid: i32, marker: &str) {
+    assert!(
+        wait_until(Duration::from_secs(10), || {
+            std::fs::read(format!("/proc/{pid}/cmdline"))
+                .is_ok_and(|c| String::from_utf8_lossy(&c).contains(marker))
+        }),
+        "pid {pid} did not exec"
+    );
+}
+
 fn start_ticks(pid: i32) -> u64 {
     let s = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap();
     s[s.rfind(')').unwrap() + 1..]
@@ -123,6 +135,7 @@ async fn kill_9_is_seen_through_the_pidfd_at_once() {
     let dir = TempDir::new("proc-kill");
     let mut procs = Procs::default();
     let pid = procs.spawn(&["sleep", "60"]);
+    wait_exec(pid, "sleep");
     let pidfile = dir.write("svc.pid", &format!("{pid}\n"));
     let probe = Arc::new(ProcessProbe::new(spec(ProcessSelect::Pidfile(pidfile))));
 
@@ -183,6 +196,7 @@ async fn stale_pidfile_pointing_at_a_later_process_fails() {
     let dir = TempDir::new("proc-stale");
     let mut procs = Procs::default();
     let pid = procs.spawn(&["sleep", "60"]);
+    wait_exec(pid, "sleep");
     let pidfile = dir.write("svc.pid", &format!("{pid}\n"));
     let probe = ProcessProbe::new(spec(ProcessSelect::Pidfile(pidfile.clone())));
     let fresh = check(&probe).await;
@@ -294,6 +308,8 @@ async fn oldest_match_is_chosen_and_a_replacement_is_a_restart() {
         std::thread::yield_now();
     }
     let second = procs.spawn(&argv);
+    wait_exec(first, &arg);
+    wait_exec(second, &arg);
     assert!(start_ticks(second) > start_ticks(first));
     let probe = ProcessProbe::new(spec(ProcessSelect::Cmdline(
         regex::Regex::new(&format!("^sleep {}$", regex::escape(&arg))).unwrap(),
@@ -320,7 +336,8 @@ async fn oldest_match_is_chosen_and_a_replacement_is_a_restart() {
 async fn cpu_is_measured_over_the_interval() {
     let mut procs = Procs::default();
     let marker = format!("wd-spin-{}", std::process::id());
-    procs.spawn(&["sh", "-c", "while :; do :; done", &marker]);
+    let pid = procs.spawn(&["sh", "-c", "while :; do :; done", &marker]);
+    wait_exec(pid, &marker);
     let mut c = spec(ProcessSelect::Cmdline(
         regex::Regex::new(&format!("{marker}$")).unwrap(),
     ));
@@ -406,6 +423,7 @@ fn pidfile_probe_through_the_binary() {
     let dir = TempDir::new("proc-bin");
     let mut procs = Procs::default();
     let pid = procs.spawn(&["sleep", "60"]);
+    wait_exec(pid, "sleep");
     let pidfile = dir.write("svc.pid", &format!("{pid}\n"));
     let cfg = dir.write(
         "watchdog.toml",
