@@ -689,7 +689,7 @@ fn check_http(ctx: &mut Ctx<'_>, p: &raw::Probe, timing: &Timing) -> Option<Http
     })
 }
 
-/// `65536`, `64KiB`, `64KB`, `1MiB`, `1M`.
+/// `65536`, `64KiB`, `64KB`, `1MiB`, `1M`, `2GiB` (all binary multiples).
 fn parse_size(text: &str) -> Result<usize, ()> {
     let t = text.trim();
     let split = t.find(|c: char| !c.is_ascii_digit()).unwrap_or(t.len());
@@ -699,6 +699,7 @@ fn parse_size(text: &str) -> Result<usize, ()> {
         "" | "b" => 1,
         "k" | "kb" | "kib" => 1024,
         "m" | "mb" | "mib" => 1024 * 1024,
+        "g" | "gb" | "gib" => 1024 * 1024 * 1024,
         _ => return Err(()),
     };
     n.checked_mul(mult).ok_or(())
@@ -1393,6 +1394,7 @@ mod tests {
         assert!(parse_budget("three per week").is_err());
         assert_eq!(parse_size("64KiB"), Ok(65536));
         assert_eq!(parse_size("1M"), Ok(1 << 20));
+        assert_eq!(parse_size("2GiB"), Ok(2 << 30));
         assert!(parse_size("lots").is_err());
     }
 }

@@ -3,7 +3,10 @@
 //! panic: whatever the target does, the outcome says it in one human line.
 //!
 //! - `http`: a request on a fresh connection, status, latency and a bounded read of the body;
-//! - `tcp`: a connect, optionally a banner exchange.
+//! - `tcp`: a connect, optionally a banner exchange;
+//! - `syn_backlog`: a listener's accept queue, half-open connections, listen overflows;
+//! - `process`: a process alive and within limits, its death seen at once through a pidfd;
+//! - `memory`: pressure (PSI), available memory, swap, OOM kills.
 //!
 //! The hard timeout is applied here, around the whole check, so no target can hold a probe
 //! task (and its slot among the in-flight checks) longer than `timeout`.
