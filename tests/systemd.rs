@@ -1,0 +1,405 @@
+//! The shipped unit, systemd/uptime-watchdog.service, under a real systemd (booted as PID 1 in
+//! namespaces of its own by [`systemd_ns::SystemdNs`]): `Type=notify` start, the failure
+//! before READY, `WatchdogSec=` restarts, `systemctl reload`, and logs in journald.
+//!
+//! Each test installs a copy of the shipped unit changed only where a test must differ
+//! (see [`test_unit`]): the binary and config paths, shorter timers, and the state dir.
+//! Measured figures are printed (`cargo test --test systemd -- --nocapture`).
+
+mod common;
+mod systemd_ns;
+
+use std::net::TcpListener;
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+use common::{TempDir, wait_until};
+use systemd_ns::SystemdNs;
+
+const SHIPPED_UNIT: &str = include_str!("../systemd/uptime-watchdog.service");
+const UNIT: &str = "uptime-watchdog.service";
+
+/// The shipped unit, adapted to a test. Each change must match a line of the shipped unit, so
+/// a change there that the tests no longer follow fails here rather than passing silently.
+/// - binary and config: the test build and the test's config;
+/// - `WatchdogSec=3`, `RestartSec=500ms`: restarts within a test's patience;
+/// - `StateDirectory=` becomes `ReadWritePaths=` of the test dir: the namespace shares the
+///   host's /var/lib, and a test must not create /var/lib/uptime-watchdog there;
+/// - no `EnvironmentFile=`: the host's /etc/uptime-watchdog is none of a test's business.
+///
+/// All the sandboxing stays: it works inside the namespace.
+fn test_unit(config: &Path, dir: &Path) -> String {
+    let bin = env!("CARGO_BIN_EXE_watchdog");
+    let shipped_config = "/etc/uptime-watchdog/watchdog.toml";
+    assert!(
+        SHIPPED_UNIT.contains("/usr/local/bin/watchdog") && SHIPPED_UNIT.contains(shipped_config)
+    );
+    let mut text = SHIPPED_UNIT
+        .replace("/usr/local/bin/watchdog", bin)
+        .replace(shipped_config, &config.display().to_string());
+    let changes: [(&str, Option<String>); 5] = [
+        ("WatchdogSec=", Some("WatchdogSec=3".into())),
+        ("RestartSec=", Some("RestartSec=500ms".into())),
+        (
+            "StateDirectory=",
+            Some(format!("ReadWritePaths={}", dir.display())),
+        ),
+        ("StateDirectoryMode=", None),
+        ("EnvironmentFile=", None),
+    ];
+    for (prefix, replacement) in changes {
+        let mut found = false;
+        text = text
+            .lines()
+            .filter_map(|line| {
+                if !line.starts_with(prefix) {
+                    return Some(line.to_string());
+                }
+                found = true;
+                replacement.clone()
+            })
+            .collect::<Vec<_>>()
+            .join("\n");
+        assert!(found, "the shipped unit has no {prefix} line any more");
+    }
+    text + "\n"
+}
+
+/// A probe against `port`: a tcp connect every 500 ms, down after one failure.
+fn tcp_probe(name: &str, port: u16) -> String {
+    format!(
+        "[[probe]]\nname = \"{name}\"\nkind = \"tcp\"\naddress = \"127.0.0.1:{port}\"\n\
+         interval = \"500ms\"\ntimeout = \"300ms\"\nfail_after = 1\n\n"
+    )
+}
+
+/// A private systemd with our unit installed (not started), its config and state in `dir`.
+/// Fields drop in order: the namespace first, then the files it used.
+struct Fixture {
+    ns: SystemdNs,
+    config: PathBuf,
+    state_dir: PathBuf,
+    dir: TempDir,
+}
+
+impl Fixture {
+    fn new(tag: &str, probes: &str) -> Fixture {
+        let dir = TempDir::new(&format!("systemd-{tag}"));
+        let state_dir = dir.path().join("state");
+        let fixture_config = dir.path().join("watchdog.toml");
+        let ns = SystemdNs::boot(tag, dir.path());
+        let f = Fixture {
+            ns,
+            config: fixture_config,
+            state_dir,
+            dir,
+        };
+        f.write_config(probes);
+        f.ns.install_unit(UNIT, &test_unit(&f.config, f.dir.path()));
+        f
+    }
+
+    fn write_config(&self, probes: &str) {
+        let text = format!(
+            "[watchdog]\nstate_dir = \"{}\"\n\n{probes}",
+            self.state_dir.display()
+        );
+        std::fs::write(&self.config, text).unwrap();
+    }
+
+    /// `systemctl start`, which returns once the unit is active; how long it took.
+    fn start(&self) -> Duration {
+        let t0 = Instant::now();
+        self.ns.systemctl_ok(&["start", UNIT]);
+        t0.elapsed()
+    }
+
+    fn prop(&self, name: &str) -> String {
+        self.ns.prop(UNIT, name)
+    }
+
+    /// The daemon's journal entries with this MESSAGE.
+    fn logged(&self, message: &str) -> Vec<serde_json::Value> {
+        self.ns
+            .journal(&["-u", UNIT])
+            .into_iter()
+            .filter(|e| e["MESSAGE"] == message)
+            .collect()
+    }
+
+    /// What to show when an assertion fails: the unit's state and its journal.
+    fn diagnose(&self) -> String {
+        let status = self.ns.systemctl(&["status", UNIT]);
+        let journal = self.ns.exec(&["journalctl", "--no-pager", "-u", UNIT]);
+        format!(
+            "{}\n{}",
+            String::from_utf8_lossy(&status.stdout),
+            String::from_utf8_lossy(&journal.stdout)
+        )
+    }
+}
+
+/// A port that refuses connections for as long as the socket lives: bound, never listening
+/// (the kernel answers RST), and held so that no other test can take it meanwhile.
+fn refusing_port() -> (tokio::net::TcpSocket, u16) {
+    let socket = tokio::net::TcpSocket::new_v4().unwrap();
+    socket.bind("127.0.0.1:0".parse().unwrap()).unwrap();
+    let port = socket.local_addr().unwrap().port();
+    (socket, port)
+}
+
+#[test]
+fn the_shipped_unit_passes_systemd_analyze_verify() {
+    let dir = TempDir::new("systemd-verify");
+    let config = dir.write("watchdog.toml", "[watchdog]\n");
+    // Only the binary path must exist for `verify`; the rest is the shipped unit, hardening
+    // and all.
+    let unit = SHIPPED_UNIT.replace("/usr/local/bin/watchdog", env!("CARGO_BIN_EXE_watchdog"));
+    let unit = unit.replace(
+        "/etc/uptime-watchdog/watchdog.toml",
+        &config.display().to_string(),
+    );
+    let path = dir.write(UNIT, &unit);
+    let out = std::process::Command::new("systemd-analyze")
+        .arg("verify")
+        .arg(&path)
+        .output()
+        .expect("systemd-analyze runs");
+    let text = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(out.status.success(), "systemd-analyze verify: {text}");
+    assert!(
+        !text.contains(UNIT),
+        "systemd-analyze verify complains about the unit:\n{text}"
+    );
+}
+
+#[test]
+fn the_unit_is_active_only_once_the_daemon_said_ready() {
+    let up = TcpListener::bind("127.0.0.1:0").unwrap();
+    let f = Fixture::new("ready", &tcp_probe("web", up.local_addr().unwrap().port()));
+    let took = f.start();
+    let p = f.ns.props(
+        UNIT,
+        &[
+            "Type",
+            "ActiveState",
+            "SubState",
+            "StatusText",
+            "ExecMainStartTimestampMonotonic",
+            "ActiveEnterTimestampMonotonic",
+        ],
+    );
+    assert_eq!(p["Type"], "notify");
+    assert_eq!(
+        (p["ActiveState"].as_str(), p["SubState"].as_str()),
+        ("active", "running"),
+        "{}",
+        f.diagnose()
+    );
+    // STATUS= travels in the READY=1 datagram: set by the time `start` returned, it shows that
+    // systemd waited for READY=1 (with Type=exec it would still be empty).
+    assert_eq!(p["StatusText"], "1 probes, all up", "{}", f.diagnose());
+    let main_started: u64 = p["ExecMainStartTimestampMonotonic"].parse().unwrap();
+    let active: u64 = p["ActiveEnterTimestampMonotonic"].parse().unwrap();
+    assert!(active >= main_started);
+    assert_eq!(f.logged("watchdog running").len(), 1, "{}", f.diagnose());
+    eprintln!(
+        "measured: `systemctl start` {:.0} ms (validate + start + READY); exec to READY {:.1} ms",
+        took.as_secs_f64() * 1000.0,
+        (active - main_started) as f64 / 1000.0
+    );
+}
+
+#[test]
+fn the_unit_fails_while_another_daemon_holds_the_state_dir_and_recovers_after() {
+    let up = TcpListener::bind("127.0.0.1:0").unwrap();
+    let f = Fixture::new("locked", &tcp_probe("web", up.local_addr().unwrap().port()));
+    // Another daemon: we hold its lock the way it would.
+    let lock = uptime_watchdog::state::lock(&f.state_dir, "daemon.lock", Duration::ZERO).unwrap();
+
+    let out = f.ns.systemctl(&["start", UNIT]);
+    assert!(
+        !out.status.success(),
+        "start succeeded although the state dir is locked\n{}",
+        f.diagnose()
+    );
+    // It exited before READY=1: never active, and it said why.
+    assert_ne!(f.prop("ActiveState"), "active", "{}", f.diagnose());
+    assert!(
+        f.ns.journal(&["-u", UNIT]).iter().any(|e| e["MESSAGE"]
+            .as_str()
+            .is_some_and(|m| m.contains("another watchdog uses state_dir"))),
+        "{}",
+        f.diagnose()
+    );
+
+    // Restart=always: once the other daemon is gone, it comes up on its own.
+    drop(lock);
+    let t0 = Instant::now();
+    assert!(
+        wait_until(Duration::from_secs(15), || f.prop("ActiveState")
+            == "active"),
+        "not active after the lock was released\n{}",
+        f.diagnose()
+    );
+    let restarts: u32 = f.prop("NRestarts").parse().unwrap();
+    assert!(restarts >= 1);
+    eprintln!(
+        "measured: active {:.0} ms after the lock was released, after {restarts} restarts",
+        t0.elapsed().as_secs_f64() * 1000.0
+    );
+}
+
+#[test]
+fn a_stopped_daemon_is_killed_and_restarted_by_the_systemd_watchdog() {
+    let up = TcpListener::bind("127.0.0.1:0").unwrap();
+    let f = Fixture::new("wdog", &tcp_probe("web", up.local_addr().unwrap().port()));
+    f.start();
+    assert_eq!(f.prop("WatchdogUSec"), "3s");
+    let pid = f.prop("MainPID");
+    // Keep-alives arrive: systemd's record of the last one moves on.
+    let first = f.prop("WatchdogTimestampMonotonic");
+    assert!(
+        wait_until(Duration::from_secs(5), || f
+            .prop("WatchdogTimestampMonotonic")
+            != first),
+        "no WATCHDOG=1 within 5 s\n{}",
+        f.diagnose()
+    );
+
+    f.ns.exec_ok(&["kill", "-STOP", &pid]);
+    let stopped = Instant::now();
+    let restarted = wait_until(Duration::from_secs(20), || {
+        let p = f.ns.props(UNIT, &["MainPID", "NRestarts", "ActiveState"]);
+        p["NRestarts"] == "1" && p["MainPID"] != pid && p["ActiveState"] == "active"
+    });
+    let took = stopped.elapsed();
+    assert!(restarted, "not restarted within 20 s\n{}", f.diagnose());
+    // After at most WatchdogSec (3 s) since the last keep-alive (sent every second), plus
+    // RestartSec (0.5 s) and the start: between 2 and 3.5 s and a little; 8 s is a bound for
+    // a loaded machine.
+    assert!(
+        took >= Duration::from_secs(2) && took < Duration::from_secs(8),
+        "restarted after {took:?}"
+    );
+    let timeouts =
+        f.ns.journal(&["-u", UNIT])
+            .into_iter()
+            .filter(|e| {
+                e["MESSAGE"]
+                    .as_str()
+                    .is_some_and(|m| m.contains("Watchdog timeout"))
+            })
+            .count();
+    assert_eq!(timeouts, 1, "{}", f.diagnose());
+    eprintln!(
+        "measured: SIGSTOP -> new MainPID active after {:.0} ms (WatchdogSec=3, RestartSec=500ms)",
+        took.as_secs_f64() * 1000.0
+    );
+}
+
+#[test]
+fn systemctl_reload_applies_a_new_config_and_refuses_a_broken_one() {
+    let (web, db) = (
+        TcpListener::bind("127.0.0.1:0").unwrap(),
+        TcpListener::bind("127.0.0.1:0").unwrap(),
+    );
+    let web_probe = tcp_probe("web", web.local_addr().unwrap().port());
+    let f = Fixture::new("reload", &web_probe);
+    f.start();
+    let pid = f.prop("MainPID");
+    assert_eq!(f.prop("StatusText"), "1 probes, all up");
+
+    let db_probe = tcp_probe("db", db.local_addr().unwrap().port());
+    f.write_config(&format!("{web_probe}{db_probe}"));
+    let t0 = Instant::now();
+    f.ns.systemctl_ok(&["reload", UNIT]);
+    let reload_returned = t0.elapsed();
+    assert!(
+        wait_until(Duration::from_secs(10), || f.prop("StatusText")
+            == "2 probes, all up"),
+        "{}",
+        f.diagnose()
+    );
+    let applied = t0.elapsed();
+    // A diff, in the same process: db started, web kept.
+    let reloaded = f.logged("config reloaded");
+    assert_eq!(reloaded.len(), 1, "{}", f.diagnose());
+    assert_eq!(reloaded[0]["STARTED"], "1");
+    assert_eq!(reloaded[0]["UNCHANGED"], "1");
+    let p = f.ns.props(UNIT, &["MainPID", "NRestarts", "ActiveState"]);
+    assert_eq!(
+        (
+            p["MainPID"].as_str(),
+            p["NRestarts"].as_str(),
+            p["ActiveState"].as_str()
+        ),
+        (pid.as_str(), "0", "active")
+    );
+
+    // A broken config: ExecReload= validates first, so `systemctl reload` fails, and the
+    // daemon keeps its two probes, never signalled.
+    f.write_config(&format!(
+        "{web_probe}{db_probe}[[probe]]\nname = \"x\"\nkind = \"htp\"\n"
+    ));
+    let out = f.ns.systemctl(&["reload", UNIT]);
+    assert!(!out.status.success(), "reload of a broken config succeeded");
+    assert_eq!(f.prop("ActiveState"), "active");
+    assert_eq!(f.prop("MainPID"), pid);
+    assert_eq!(f.prop("StatusText"), "2 probes, all up");
+    assert_eq!(f.logged("SIGHUP: reloading the config").len(), 1);
+    eprintln!(
+        "measured: `systemctl reload` returned after {:.0} ms, StatusText showed 2 probes after {:.0} ms",
+        reload_returned.as_secs_f64() * 1000.0,
+        applied.as_secs_f64() * 1000.0
+    );
+}
+
+#[test]
+fn logs_land_in_journald_with_structured_fields() {
+    let (_held, port) = refusing_port();
+    let f = Fixture::new("journal", &tcp_probe("apache", port));
+    f.start();
+    let t0 = Instant::now();
+    let mut entry = None;
+    let found = wait_until(Duration::from_secs(10), || {
+        entry =
+            f.ns.journal(&["-u", UNIT, "PROBE=apache"])
+                .into_iter()
+                .find(|e| e["MESSAGE"] == "state changed" && e["STATE"] == "down");
+        entry.is_some()
+    });
+    assert!(
+        found,
+        "no \"state changed\" entry for apache\n{}",
+        f.diagnose()
+    );
+    let entry = entry.unwrap();
+    assert_eq!(entry["PROBE"], "apache");
+    assert_eq!(entry["FROM"], "starting");
+    let reason = entry["REASON"].as_str().unwrap_or_default();
+    assert!(
+        reason.contains(&format!("127.0.0.1:{port}")) && reason.contains("refused"),
+        "REASON={reason}"
+    );
+    // Logged as a warning, by our process, attributed to our unit.
+    assert_eq!(entry["PRIORITY"], "4");
+    assert_eq!(entry["SYSLOG_IDENTIFIER"], "watchdog");
+    assert_eq!(entry["_SYSTEMD_UNIT"], UNIT);
+    assert_eq!(entry["_PID"], f.prop("MainPID"));
+    // And STATUS= followed.
+    assert!(
+        wait_until(Duration::from_secs(5), || f.prop("StatusText")
+            == "1 probes, 1 down: apache"),
+        "{}",
+        f.diagnose()
+    );
+    eprintln!(
+        "measured: \"state changed\" in the journal {:.0} ms after start",
+        t0.elapsed().as_secs_f64() * 1000.0
+    );
+}
