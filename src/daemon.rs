@@ -692,26 +692,40 @@ impl Daemon {
         }
     }
 
-    /// "12 probes, 1 down: apache".
+    /// "12 probes, all up"; "12 probes, 10 up, 1 down: apache, 1 starting". Honest from the
+    /// first moment: before their first check, probes are "starting", not "up".
     fn status_line(&self) -> String {
-        let down: Vec<&str> = self
-            .config
-            .probes
-            .iter()
-            .filter(|p| {
-                self.state
-                    .engine
-                    .probe(&p.name)
-                    .is_some_and(|m| m.health.state == State::Down)
-            })
-            .map(|p| p.name.as_str())
-            .collect();
-        let n = self.config.probes.len();
-        if down.is_empty() {
-            format!("{n} probes, all up")
-        } else {
-            format!("{n} probes, {} down: {}", down.len(), down.join(", "))
+        let now = clock::now();
+        let (mut up, mut starting, mut paused, mut down) = (0, 0, 0, Vec::new());
+        for p in &self.config.probes {
+            if self.state.engine.is_paused(&p.name, now) {
+                paused += 1;
+                continue;
+            }
+            match self.state.engine.probe(&p.name).map(|m| m.health.state) {
+                Some(State::Up) => up += 1,
+                Some(State::Down) => down.push(p.name.as_str()),
+                Some(State::Starting) | None => starting += 1,
+            }
         }
+        let n = self.config.probes.len();
+        if up == n {
+            return format!("{n} probes, all up");
+        }
+        let mut parts = Vec::new();
+        if up > 0 {
+            parts.push(format!("{up} up"));
+        }
+        if !down.is_empty() {
+            parts.push(format!("{} down: {}", down.len(), down.join(", ")));
+        }
+        if starting > 0 {
+            parts.push(format!("{starting} starting"));
+        }
+        if paused > 0 {
+            parts.push(format!("{paused} paused"));
+        }
+        format!("{n} probes, {}", parts.join(", "))
     }
 
     fn reload(&mut self) {
