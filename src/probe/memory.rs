@@ -28,7 +28,7 @@
 //! measured does the check fail, with that reason — never a crash, never a fake alarm.
 
 use std::fs::File;
-use std::io::{self, Read, Seek, SeekFrom, Write};
+use std::io::{self, Read, Write};
 use std::os::fd::OwnedFd;
 use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};
@@ -394,8 +394,13 @@ impl Remembered {
     /// New OOM victims in the kernel log since the last call, oldest first, limited to the
     /// cgroup when there is one; `None` when the log is not readable here.
     fn read_kmsg(&mut self, cgroup: Option<&Cgroup>) -> Option<Vec<Victim>> {
+        // Opened without a position to resume from (no snapshot): what is in the log now is
+        // history, read only to learn the last sequence number (so a snapshot can resume
+        // exactly there), never reported.
+        let mut history = false;
         if matches!(self.kmsg, Kmsg::NotOpened) {
-            self.kmsg = match open_kmsg(self.kmsg_seq.is_none()) {
+            history = self.kmsg_seq.is_none();
+            self.kmsg = match open_kmsg() {
                 Ok(f) => Kmsg::Open(f),
                 Err(e) => {
                     tracing::debug!(
@@ -416,7 +421,13 @@ impl Remembered {
         };
         let mut victims = Vec::new();
         let mut buf = [0u8; 8192];
-        for _ in 0..MAX_KMSG_RECORDS {
+        // The whole buffer once (it is bounded), then at most MAX_KMSG_RECORDS per check.
+        let max = if history {
+            usize::MAX
+        } else {
+            MAX_KMSG_RECORDS
+        };
+        for _ in 0..max {
             match file.read(&mut buf) {
                 Ok(0) => break,
                 Ok(n) => {
@@ -439,6 +450,9 @@ impl Remembered {
                 Err(_) => break,
             }
         }
+        if history {
+            victims.clear();
+        }
         Some(merge_victims(
             victims,
             self.memcg.as_ref().and_then(|m| m.as_deref()),
@@ -447,16 +461,12 @@ impl Remembered {
     }
 }
 
-fn open_kmsg(seek_to_end: bool) -> io::Result<File> {
-    let mut file = std::fs::OpenOptions::new()
+/// Opened at the oldest record the kernel still holds.
+fn open_kmsg() -> io::Result<File> {
+    std::fs::OpenOptions::new()
         .read(true)
         .custom_flags(nix::fcntl::OFlag::O_NONBLOCK.bits())
-        .open(KMSG)?;
-    if seek_to_end {
-        // The baseline: only kills after this check are ours to report.
-        file.seek(SeekFrom::End(0))?;
-    }
-    Ok(file)
+        .open(KMSG)
 }
 
 /// `PRIORITY,SEQ,USEC,FLAGS;MESSAGE\n KEY=VALUE...`: the sequence number and first line.
