@@ -657,10 +657,10 @@ fn available(
                 .unwrap_or(0);
             let working_set = usage.saturating_sub(inactive);
             if limit >= mem_total {
-                (mem_available, mem_total, "MemTotal (no cgroup limit)")
+                (mem_available, mem_total, "MemTotal, no cgroup limit")
             } else {
                 let avail = limit.saturating_sub(working_set).min(mem_available);
-                (avail, limit, "the cgroup limit")
+                (avail, limit, "cgroup limit")
             }
         }
     };
