@@ -980,12 +980,20 @@ fn check_memory(ctx: &mut Ctx<'_>, p: &raw::Probe) -> Option<MemoryCheck> {
     }
     let psi_trigger = p.psi_trigger.as_ref().and_then(|t| {
         let parts: Vec<&str> = t.get_ref().split_whitespace().collect();
-        let valid = matches!(parts.as_slice(), [kind, stall, window]
-            if matches!(*kind, "some" | "full") && stall.parse::<u64>().is_ok() && window.parse::<u64>().is_ok());
+        // The kernel's rules: a window of 500 ms to 10 s, a stall within it.
+        let valid = match parts.as_slice() {
+            [kind, stall, window] if matches!(*kind, "some" | "full") => {
+                match (stall.parse::<u64>(), window.parse::<u64>()) {
+                    (Ok(stall), Ok(window)) => (500_000..=10_000_000).contains(&window) && stall > 0 && stall <= window,
+                    _ => false,
+                }
+            }
+            _ => false,
+        };
         if valid {
             Some(t.get_ref().clone())
         } else {
-            ctx.error(t.span().start, "`psi_trigger` is \"some|full STALL_US WINDOW_US\", e.g. \"some 150000 2000000\"");
+            ctx.error(t.span().start, "`psi_trigger` is \"some|full STALL_US WINDOW_US\" with a window of 500000 to 10000000 µs and a stall within it, e.g. \"some 150000 2000000\" (without CAP_SYS_RESOURCE, windows must be multiples of 2 s)");
             ok = false;
             None
         }
