@@ -45,6 +45,9 @@ pub const COUNTERS: [&str; 5] = [
 ];
 const LISTEN_OVERFLOWS: usize = 0;
 
+/// Per-second rates of [`COUNTERS`], `None` for a counter this kernel lacks.
+type Rates = [Option<f64>; 5];
+
 // From <linux/sock_diag.h>, <linux/inet_diag.h>, <linux/netlink.h>; the sock-diag crate cannot
 // attach a bytecode filter to its request, so the request is built here (88 bytes).
 const SOCK_DIAG_BY_FAMILY: u16 = 20;
@@ -410,7 +413,7 @@ fn parse_netstat(text: &str) -> [Option<u64>; 5] {
 /// Per-second rates from `earlier` to `later`, `None` when no time passed between them (a
 /// sample from another boot, or the same instant). A counter that went down was reset (a
 /// namespace recreated): its rate counts from zero, which can only understate it.
-fn rates(earlier: &Sample, later: &Sample) -> Option<[Option<f64>; 5]> {
+fn rates(earlier: &Sample, later: &Sample) -> Option<Rates> {
     let dt = later.at.saturating_since(earlier.at).as_secs_f64();
     if dt <= 0.0 {
         return None;
@@ -435,11 +438,7 @@ fn over(limit: Limit, queued: u32, max: u32) -> bool {
 }
 
 /// The verdict and its one-line reason.
-fn judge(
-    check: &BacklogCheck,
-    reading: &Reading,
-    rates: Option<&[Option<f64>; 5]>,
-) -> (bool, String) {
+fn judge(check: &BacklogCheck, reading: &Reading, rates: Option<&Rates>) -> (bool, String) {
     let limit = check.max_accept_queue;
     // The listener to report: one over its limit if any, then the fullest by ratio.
     let Some(worst) = reading.listeners.iter().max_by(|a, b| {
@@ -616,7 +615,7 @@ IpExt: 0 0\n";
     fn reasons() {
         let c = check();
         let rates0 = [Some(0.0); 5];
-        let table: &[(Reading, Option<[Option<f64>; 5]>, bool, &str)] = &[
+        let table: &[(Reading, Option<Rates>, bool, &str)] = &[
             (
                 reading(vec![listener("0.0.0.0:22", 0, 128)], 0),
                 Some(rates0),
