@@ -135,7 +135,7 @@ fn a_listener_that_never_accepts_fails_with_the_numbers_ss_shows() {
     assert!(!first.ok, "{first:?}");
     assert_eq!(
         first.reason,
-        "accept queue 5/4 (125%) over 90%, 0 half-open, no rate yet (first sample)"
+        "accept queue 5/4 (125%) over 90%, no rate yet (first sample)"
     );
     assert_eq!(Some(queue_in(&first.reason)), ss_listen(None, port, &local));
 
@@ -220,7 +220,9 @@ fn a_listener_that_starts_accepting_recovers() {
     assert!(
         wait_until(Duration::from_secs(15), || {
             let o = run(&rt, &probe);
-            let ok = o.ok && o.reason.starts_with("ok: accept queue 0/4, 0 half-open");
+            let ok = o.ok
+                && o.reason
+                    .starts_with("ok: accept queue 0/4, ListenOverflows +");
             last = Some(o);
             ok
         }),
@@ -256,7 +258,7 @@ fn ipv4_and_ipv6_on_one_port_report_the_fullest_and_bind_picks_one() {
     let o = run(&rt, &Probe::SynBacklog(BacklogProbe::new(only_v6)));
     assert!(o.ok, "{o:?}");
     assert!(
-        o.reason.starts_with("ok: accept queue 0/64, 0 half-open"),
+        o.reason.starts_with("ok: accept queue 0/64, no rate yet"),
         "{o:?}"
     );
     assert_eq!(
@@ -435,15 +437,20 @@ impl Drop for Kid {
     }
 }
 
-/// A listener with backlog 4 inside `ns` that never accepts; it exits when its stdin closes.
-fn listener_in(ns: &Netns, port: u16) -> Kid {
+/// Listeners with backlog 4 on 127.0.0.1 and [::1] inside `ns` that never accept; the process
+/// exits when its stdin closes.
+fn listeners_in(ns: &Netns, port: u16) -> Kid {
     let mut child = Command::new("ip")
         .args(["netns", "exec", &ns.name, "python3", "-c"])
         .arg(
             "import socket, sys\n\
-             s = socket.socket()\n\
-             s.bind(('127.0.0.1', int(sys.argv[1])))\n\
-             s.listen(4)\n\
+             port = int(sys.argv[1])\n\
+             v4 = socket.socket()\n\
+             v4.bind(('127.0.0.1', port))\n\
+             v4.listen(4)\n\
+             v6 = socket.socket(socket.AF_INET6)\n\
+             v6.bind(('::1', port))\n\
+             v6.listen(4)\n\
              print('ready', flush=True)\n\
              sys.stdin.read()\n",
         )
@@ -463,35 +470,42 @@ fn listener_in(ns: &Netns, port: u16) -> Kid {
     kid
 }
 
-/// `n` raw SYNs to 127.0.0.1:`port` from distinct source ports, sent once each: no socket
-/// answers their SYN-ACKs, and the SYN-ACKs are dropped on output (see [`drop_synacks`]) so no
-/// RST comes back to clear the half-open entries.
-fn raw_syns(ns: &Netns, port: u16, n: u32) {
+/// Raw SYNs to `port`, `v4` to 127.0.0.1 and `v6` to [::1], from distinct source ports, sent
+/// once each: no socket answers their SYN-ACKs, and the SYN-ACKs are dropped on output (see
+/// [`drop_synacks`]) so no RST comes back to clear the half-open entries.
+fn raw_syns(ns: &Netns, port: u16, v4: u32, v6: u32) {
     ns.exec(&[
         "python3",
         "-c",
         "import random, socket, struct, sys\n\
-         port, n = int(sys.argv[1]), int(sys.argv[2])\n\
-         s = socket.socket(socket.AF_INET, socket.SOCK_RAW, socket.IPPROTO_TCP)\n\
-         lo = socket.inet_aton('127.0.0.1')\n\
+         port, n4, n6 = map(int, sys.argv[1:4])\n\
+         def syn(sport):\n\
+         \x20   return struct.pack('!HHIIBBHHH', sport, port, random.getrandbits(32), 0, 5 << 4, 0x02, 65535, 0, 0)\n\
          def csum(b):\n\
          \x20   t = sum(struct.unpack('!%dH' % (len(b) // 2), b))\n\
          \x20   t = (t >> 16) + (t & 0xffff)\n\
          \x20   t += t >> 16\n\
          \x20   return ~t & 0xffff\n\
-         for i in range(n):\n\
-         \x20   h = struct.pack('!HHIIBBHHH', 40000 + i, port, random.getrandbits(32), 0, 5 << 4, 0x02, 65535, 0, 0)\n\
+         s = socket.socket(socket.AF_INET, socket.SOCK_RAW, socket.IPPROTO_TCP)\n\
+         lo = socket.inet_aton('127.0.0.1')\n\
+         for i in range(n4):\n\
+         \x20   h = syn(40000 + i)\n\
          \x20   c = csum(lo + lo + struct.pack('!BBH', 0, 6, len(h)) + h)\n\
-         \x20   s.sendto(h[:16] + struct.pack('!H', c) + h[18:], ('127.0.0.1', 0))\n",
+         \x20   s.sendto(h[:16] + struct.pack('!H', c) + h[18:], ('127.0.0.1', 0))\n\
+         s6 = socket.socket(socket.AF_INET6, socket.SOCK_RAW, socket.IPPROTO_TCP)\n\
+         s6.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_CHECKSUM, 16)\n\
+         for i in range(n6):\n\
+         \x20   s6.sendto(syn(41000 + i), ('::1', 0))\n",
         &port.to_string(),
-        &n.to_string(),
+        &v4.to_string(),
+        &v6.to_string(),
     ]);
 }
 
 fn drop_synacks(ns: &Netns) {
     ns.exec_stdin(
         &["nft", "-f", "-"],
-        "table ip wd {\n  chain out {\n    type filter hook output priority 0; policy accept;\n    \
+        "table inet wd {\n  chain out {\n    type filter hook output priority 0; policy accept;\n    \
          tcp flags & (syn | ack) == (syn | ack) drop\n  }\n}\n",
     );
 }
@@ -502,11 +516,27 @@ fn counter(snapshot: &serde_json::Value, name: &str) -> u64 {
         .unwrap_or_else(|| panic!("no {name} in {snapshot}"))
 }
 
-/// 20 raw SYNs at a backlog-4 listener in a fresh namespace with `tcp_syncookies` set as
-/// given. Returns (half-open per the probe, per ss, counter deltas by name, the reason of a
-/// probe checked only before and after the burst).
-fn syn_flood(tag: &str, syncookies: u8) -> (u32, u32, [(String, u64); 3], String) {
-    const SYNS: u64 = 20;
+/// What [`syn_flood`] saw.
+struct Flood {
+    /// Half-open entries, as the probe counted them (both families).
+    half_open: u32,
+    /// ... and as `ss` lists them: all, and IPv6 only.
+    ss_all: u32,
+    ss_v6: u32,
+    /// Counter deltas over the flood.
+    dropped: u64,
+    cookied: u64,
+    cookies_sent: u64,
+    /// The reason of a probe checked only before and after the flood (so its rates span it).
+    reason: String,
+}
+
+const SYNS_V4: u32 = 20;
+/// Fewer than the v6 listener's SYN queue holds: all of them stay half-open.
+const SYNS_V6: u32 = 3;
+
+/// Raw SYNs at backlog-4 listeners in a fresh namespace with `tcp_syncookies` set as given.
+fn syn_flood(tag: &str, syncookies: u8) -> Flood {
     let rt = runtime();
     let ns = Netns::new(tag);
     ns.exec(&[
@@ -516,25 +546,23 @@ fn syn_flood(tag: &str, syncookies: u8) -> (u32, u32, [(String, u64); 3], String
     ]);
     drop_synacks(&ns);
     let port = 8080;
-    let _listener = listener_in(&ns, port);
+    let _listeners = listeners_in(&ns, port);
 
     let mut check = spec(port);
     check.netns = Some(ns.path());
     check.max_syn_recv = Some(2);
-    let polled = BacklogProbe::new(check.clone());
+    let polled = Probe::SynBacklog(BacklogProbe::new(check.clone()));
     let before_after = Probe::SynBacklog(BacklogProbe::new(check));
-    let polled = Probe::SynBacklog(polled);
     let first = run(&rt, &before_after);
     assert!(first.ok, "{first:?}");
     assert!(
-        first
-            .reason
-            .starts_with("ok: accept queue 0/4, 0 half-open, no rate yet"),
+        first.reason.starts_with("ok: accept queue 0/4 on ")
+            && first.reason.contains(", 0 half-open, no rate yet"),
         "{first:?}"
     );
     let base = before_after.snapshot().unwrap();
 
-    raw_syns(&ns, port, SYNS as u32);
+    raw_syns(&ns, port, SYNS_V4, SYNS_V6);
     // Every SYN is accounted for: queued half-open, or dropped, or answered with a cookie.
     let mut last = None;
     let settled = wait_until(Duration::from_secs(15), || {
@@ -544,73 +572,88 @@ fn syn_flood(tag: &str, syncookies: u8) -> (u32, u32, [(String, u64); 3], String
             .iter()
             .map(|n| counter(&snap, n) - counter(&base, n))
             .sum::<u64>();
-        let done = u64::from(half_open_in(&o.reason)) + handled == SYNS;
+        let done = u64::from(half_open_in(&o.reason)) + handled == u64::from(SYNS_V4 + SYNS_V6);
         last = Some((o, snap));
         done
     });
     let (o, snap) = last.unwrap();
     assert!(settled, "{o:?} {snap}");
-    let half_open = half_open_in(&o.reason);
-    let ss_count = ss(
-        Some(&ns.name),
-        &[
-            "-tnH",
-            "state",
-            "syn-recv",
-            "sport",
-            "=",
-            &format!(":{port}"),
-        ],
-    )
-    .lines()
-    .count() as u32;
+    let sport = format!(":{port}");
+    let ss_count = |flags: &str| {
+        ss(
+            Some(&ns.name),
+            &[flags, "state", "syn-recv", "sport", "=", &sport],
+        )
+        .lines()
+        .count() as u32
+    };
     let after = run(&rt, &before_after);
     assert!(!after.ok, "{after:?}");
-    let deltas = ["TCPReqQFullDrop", "TCPReqQFullDoCookies", "SyncookiesSent"]
-        .map(|n| (n.to_string(), counter(&snap, n) - counter(&base, n)));
-    (half_open, ss_count, deltas, after.reason)
+    let delta = |n: &str| counter(&snap, n) - counter(&base, n);
+    Flood {
+        half_open: half_open_in(&o.reason),
+        ss_all: ss_count("-tnH"),
+        ss_v6: ss_count("-6tnH"),
+        dropped: delta("TCPReqQFullDrop"),
+        cookied: delta("TCPReqQFullDoCookies"),
+        cookies_sent: delta("SyncookiesSent"),
+        reason: after.reason,
+    }
+}
+
+/// The v4 SYN queue holds about its backlog (4, or 5 on kernels that compare with `>`).
+fn check_queues(f: &Flood) -> u64 {
+    assert_eq!(f.half_open, f.ss_all, "the probe and ss agree");
+    assert_eq!(f.ss_v6, SYNS_V6, "every v6 SYN is half-open, and counted");
+    let v4 = f.half_open - SYNS_V6;
+    assert!((4..=5).contains(&v4), "v4 half-open: {v4}");
+    assert!(
+        f.reason.starts_with("accept queue 0/4 on ")
+            && f.reason
+                .contains(&format!(", {} half-open over 2, ", f.half_open)),
+        "{}",
+        f.reason
+    );
+    u64::from(SYNS_V4 - v4)
 }
 
 #[test]
 fn half_open_syns_without_syncookies_are_dropped_when_the_syn_queue_is_full() {
-    let (half_open, ss_count, deltas, reason) = syn_flood("nocookies", 0);
-    assert_eq!(half_open, ss_count, "the probe and ss agree");
+    let f = syn_flood("nocookies", 0);
+    let past_the_queue = check_queues(&f);
+    assert_eq!(f.dropped, past_the_queue, "{}", f.reason);
+    assert_eq!((f.cookied, f.cookies_sent), (0, 0), "{}", f.reason);
     assert!(
-        (4..=5).contains(&half_open),
-        "the SYN queue holds ~backlog: {half_open}"
-    );
-    let [(_, dropped), (_, cookied), (_, cookies)] = deltas;
-    assert_eq!(dropped, 20 - u64::from(half_open), "{reason}");
-    assert_eq!((cookied, cookies), (0, 0), "{reason}");
-    assert!(
-        reason.contains(&format!("accept queue 0/4, {half_open} half-open over 2, ")),
-        "{reason}"
+        rate_in(&f.reason, "TCPReqQFullDrop").is_some_and(|r| r > 0.0),
+        "{}",
+        f.reason
     );
     assert!(
-        rate_in(&reason, "TCPReqQFullDrop").is_some_and(|r| r > 0.0),
-        "{reason}"
+        rate_in(&f.reason, "SyncookiesSent").is_none(),
+        "{}",
+        f.reason
     );
-    assert!(rate_in(&reason, "SyncookiesSent").is_none(), "{reason}");
 }
 
 #[test]
 fn half_open_syns_with_syncookies_are_answered_with_cookies() {
-    let (half_open, ss_count, deltas, reason) = syn_flood("cookies", 1);
-    assert_eq!(half_open, ss_count, "the probe and ss agree");
-    assert!(
-        (4..=5).contains(&half_open),
-        "the SYN queue holds ~backlog: {half_open}"
-    );
-    let [(_, dropped), (_, cookied), (_, cookies)] = deltas;
-    assert_eq!(dropped, 0, "{reason}");
-    assert_eq!(cookied, 20 - u64::from(half_open), "{reason}");
+    let f = syn_flood("cookies", 1);
+    let past_the_queue = check_queues(&f);
+    assert_eq!(f.dropped, 0, "{}", f.reason);
+    assert_eq!(f.cookied, past_the_queue, "{}", f.reason);
     assert_eq!(
-        cookies, cookied,
-        "one cookie per SYN past the full queue: {reason}"
+        f.cookies_sent, past_the_queue,
+        "one cookie per SYN past the queue: {}",
+        f.reason
     );
     assert!(
-        rate_in(&reason, "SyncookiesSent").is_some_and(|r| r > 0.0),
-        "{reason}"
+        rate_in(&f.reason, "SyncookiesSent").is_some_and(|r| r > 0.0),
+        "{}",
+        f.reason
     );
-    assert!(rate_in(&reason, "TCPReqQFullDrop").is_none(), "{reason}");
+    assert!(
+        rate_in(&f.reason, "TCPReqQFullDrop").is_none(),
+        "{}",
+        f.reason
+    );
 }

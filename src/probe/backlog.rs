@@ -26,8 +26,8 @@ use std::path::PathBuf;
 use std::sync::Mutex;
 use std::time::Instant;
 
-use netlink_packet_core::{NetlinkMessage, NetlinkPayload};
-use netlink_packet_sock_diag::SockDiagMessage;
+use netlink_packet_core::{NLMSG_DONE, NLMSG_ERROR, NetlinkBuffer, Parseable};
+use netlink_packet_sock_diag::inet::InetResponse;
 use netlink_sys::{Socket, protocols::NETLINK_SOCK_DIAG};
 use nix::errno::Errno;
 
@@ -48,9 +48,11 @@ const LISTEN_OVERFLOWS: usize = 0;
 /// Per-second rates of [`COUNTERS`], `None` for a counter this kernel lacks.
 type Rates = [Option<f64>; 5];
 
-// From <linux/sock_diag.h>, <linux/inet_diag.h>, <linux/netlink.h>; the sock-diag crate cannot
-// attach a bytecode filter to its request, so the request is built here (88 bytes).
+// From <linux/sock_diag.h>, <linux/inet_diag.h>, <linux/netlink.h>. The sock-diag crate can
+// neither attach a bytecode filter to its request nor make the legacy one, so requests are
+// built here; answers are parsed with it.
 const SOCK_DIAG_BY_FAMILY: u16 = 20;
+const TCPDIAG_GETSOCK: u16 = 18;
 const NLM_F_REQUEST: u16 = 0x1;
 const NLM_F_DUMP: u16 = 0x300;
 const INET_DIAG_REQ_BYTECODE: u16 = 1;
@@ -97,7 +99,8 @@ impl Listener {
 #[derive(Debug, Clone, PartialEq)]
 struct Reading {
     listeners: Vec<Listener>,
-    half_open: u32,
+    /// Counted only when `max_syn_recv` is set (see [`Dump::HalfOpen`]).
+    half_open: Option<u32>,
     sample: Sample,
 }
 
@@ -136,16 +139,19 @@ impl BacklogProbe {
     pub async fn check(&self, phase: &Phase, started: Instant) -> Outcome {
         let port = self.check.port;
         let bind = self.check.bind;
+        let half_open = self.check.max_syn_recv.is_some();
         let read = match &self.check.netns {
             None => {
                 phase.set("dumping sockets over netlink");
-                tokio::task::spawn_blocking(move || read(port, bind, "/proc/net/netstat"))
-                    .await
-                    .unwrap_or_else(|e| Err(Problem::Failed(format!("the reader failed: {e}"))))
+                tokio::task::spawn_blocking(move || {
+                    read(port, bind, half_open, "/proc/net/netstat")
+                })
+                .await
+                .unwrap_or_else(|e| Err(Problem::Failed(format!("the reader failed: {e}"))))
             }
             Some(path) => {
                 phase.set("dumping sockets over netlink in the network namespace");
-                read_in_netns(path.clone(), port, bind).await
+                read_in_netns(path.clone(), port, bind, half_open).await
             }
         };
         let reading = match read {
@@ -204,7 +210,12 @@ impl BacklogProbe {
 /// Runs [`read`] on a fresh thread that entered the namespace at `path`. A thread of its own,
 /// not the blocking pool: a pool thread moved into another namespace would stay there for
 /// whatever runs on it next. The thread ends with the read, taking the namespace with it.
-async fn read_in_netns(path: PathBuf, port: u16, bind: Option<IpAddr>) -> Result<Reading, Problem> {
+async fn read_in_netns(
+    path: PathBuf,
+    port: u16,
+    bind: Option<IpAddr>,
+    half_open: bool,
+) -> Result<Reading, Problem> {
     let (tx, rx) = tokio::sync::oneshot::channel();
     let spawned = std::thread::Builder::new()
         .name("backlog-netns".into())
@@ -212,7 +223,7 @@ async fn read_in_netns(path: PathBuf, port: u16, bind: Option<IpAddr>) -> Result
             let result = enter_netns(&path).and_then(|()| {
                 // /proc/net is /proc/self/net, the namespace of the process's main thread;
                 // thread-self is this thread's.
-                read(port, bind, "/proc/thread-self/net/netstat")
+                read(port, bind, half_open, "/proc/thread-self/net/netstat")
             });
             let _ = tx.send(result);
         });
@@ -232,10 +243,15 @@ fn enter_netns(path: &std::path::Path) -> Result<(), Problem> {
         .map_err(|e| Problem::Failed(format!("cannot enter netns {}: {e}", path.display())))
 }
 
-/// The sockets on `port`, then the counters. Blocking, but only for two netlink dumps the
-/// kernel answers at once and one /proc read.
-fn read(port: u16, bind: Option<IpAddr>, netstat: &str) -> Result<Reading, Problem> {
-    let (listeners, half_open) = dump_sockets(port, bind)?;
+/// The sockets on `port`, then the counters. Blocking, but only for netlink dumps the kernel
+/// answers at once and one /proc read.
+fn read(
+    port: u16,
+    bind: Option<IpAddr>,
+    count_half_open: bool,
+    netstat: &str,
+) -> Result<Reading, Problem> {
+    let (listeners, half_open) = dump_sockets(port, bind, count_half_open)?;
     let text = std::fs::read_to_string(netstat).map_err(|e| {
         if e.kind() == io::ErrorKind::NotFound {
             Problem::Unsupported(format!("no {netstat}"))
@@ -259,9 +275,26 @@ fn read(port: u16, bind: Option<IpAddr>, netstat: &str) -> Result<Reading, Probl
     })
 }
 
-/// Dumps LISTEN and SYN_RECV sockets on `port`, IPv4 then IPv6: the listeners, and the count
-/// of half-open handshakes. `bind` keeps only sockets on that local address.
-fn dump_sockets(port: u16, bind: Option<IpAddr>) -> Result<(Vec<Listener>, u32), Problem> {
+/// What one netlink dump asks for.
+#[derive(Debug, Clone, Copy, PartialEq)]
+enum Dump {
+    /// LISTEN sockets of one address family (inet_diag_req_v2): the kernel walks only its
+    /// listening hash, tens of microseconds.
+    Listeners(u8),
+    /// SYN_RECV entries of every family in one walk: the legacy TCPDIAG_GETSOCK request, whose
+    /// dump the kernel runs with AF_UNSPEC. The walk covers every bucket of the established
+    /// hash (`net.ipv4.tcp_ehash_entries`, 262144 on a small VM: ~1.6 ms of kernel CPU, twice
+    /// that as two per-family v2 dumps), which is why it runs only when `max_syn_recv` asks.
+    HalfOpen,
+}
+
+/// Dumps the LISTEN sockets on `port` (IPv4, IPv6) and, if asked, counts its SYN_RECV
+/// entries. `bind` keeps only sockets on that local address.
+fn dump_sockets(
+    port: u16,
+    bind: Option<IpAddr>,
+    count_half_open: bool,
+) -> Result<(Vec<Listener>, Option<u32>), Problem> {
     let socket = Socket::new(NETLINK_SOCK_DIAG).map_err(|e| {
         if e.raw_os_error() == Some(Errno::EPROTONOSUPPORT as i32) {
             Problem::Unsupported("no NETLINK_SOCK_DIAG in this kernel".into())
@@ -273,8 +306,18 @@ fn dump_sockets(port: u16, bind: Option<IpAddr>) -> Result<(Vec<Listener>, u32),
     let mut buf = Vec::with_capacity(RECV_BUFFER);
     let mut listeners = Vec::new();
     let mut half_open = 0u32;
-    for (seq, family) in [(1u32, AF_INET), (2, AF_INET6)] {
-        let request = dump_request(family, port, seq);
+    let dumps = [
+        Dump::Listeners(AF_INET),
+        Dump::Listeners(AF_INET6),
+        Dump::HalfOpen,
+    ];
+    let dumps = if count_half_open {
+        &dumps[..]
+    } else {
+        &dumps[..2]
+    };
+    for (seq, dump) in (1u32..).zip(dumps) {
+        let request = dump_request(*dump, port, seq);
         socket
             .send_to(&request, &kernel, 0)
             .map_err(|e| Problem::Failed(format!("netlink send failed: {e}")))?;
@@ -296,7 +339,7 @@ fn dump_sockets(port: u16, bind: Option<IpAddr>) -> Result<(Vec<Listener>, u32),
             Ok(()) => {}
             // A kernel without IPv6 has no AF_INET6 handler: nothing listens there.
             Err(e)
-                if family == AF_INET6
+                if *dump == Dump::Listeners(AF_INET6)
                     && matches!(
                         Errno::from_raw(e.raw_os_error().unwrap_or(0)),
                         Errno::ENOENT | Errno::EAFNOSUPPORT
@@ -309,17 +352,19 @@ fn dump_sockets(port: u16, bind: Option<IpAddr>) -> Result<(Vec<Listener>, u32),
             Err(e) => return Err(Problem::Failed(format!("netlink dump failed: {e}"))),
         }
     }
-    Ok((listeners, half_open))
+    Ok((listeners, count_half_open.then_some(half_open)))
 }
 
 /// Reads the answer to request `seq` until NLMSG_DONE, calling `each(state, local address,
-/// rqueue, wqueue)` per socket.
+/// rqueue, wqueue)` per socket. Both kinds of request are answered with inet_diag_msg.
 fn receive_dump(
     socket: &Socket,
     buf: &mut Vec<u8>,
     seq: u32,
     each: &mut dyn FnMut(u8, SocketAddr, u32, u32),
 ) -> io::Result<()> {
+    let bad =
+        |e: netlink_packet_core::DecodeError| io::Error::other(format!("bad netlink message: {e}"));
     loop {
         buf.clear();
         let n = socket.recv(buf, MSG_TRUNC)?;
@@ -331,19 +376,29 @@ fn receive_dump(
         }
         let mut at = 0;
         while at < n {
-            let message = NetlinkMessage::<SockDiagMessage>::deserialize(&buf[at..n])
-                .map_err(|e| io::Error::other(format!("bad netlink message: {e}")))?;
-            let len = message.header.length as usize;
+            let message = NetlinkBuffer::new_checked(&buf[at..n]).map_err(bad)?;
+            let len = message.length() as usize;
             if len == 0 {
                 break;
             }
             at += (len + 3) & !3;
-            if message.header.sequence_number != seq {
+            if message.sequence_number() != seq {
                 // A leftover of an earlier request on this socket.
                 continue;
             }
-            match message.payload {
-                NetlinkPayload::InnerMessage(SockDiagMessage::InetResponse(r)) => {
+            match message.message_type() {
+                NLMSG_DONE => return Ok(()),
+                NLMSG_ERROR => {
+                    let code = message
+                        .payload()
+                        .first_chunk::<4>()
+                        .map_or(0, |b| i32::from_ne_bytes(*b));
+                    if code != 0 {
+                        return Err(io::Error::from_raw_os_error(-code));
+                    }
+                }
+                _ => {
+                    let r = InetResponse::parse(message.payload()).map_err(bad)?;
                     let id = &r.header.socket_id;
                     each(
                         r.header.state,
@@ -352,39 +407,54 @@ fn receive_dump(
                         r.header.send_queue,
                     );
                 }
-                NetlinkPayload::Done(_) => return Ok(()),
-                NetlinkPayload::Error(e) if e.code.is_some() => return Err(e.to_io()),
-                _ => {}
             }
         }
     }
 }
 
-/// An inet_diag_req_v2 dump of TCP sockets in LISTEN or SYN_RECV, with a bytecode filter
-/// keeping local port `port`: one INET_DIAG_BC_S_COND op whose "yes" runs off the end of the
-/// program (accept) and whose "no" jumps 4 bytes past it (reject), as `ss sport = :PORT` does.
-fn dump_request(family: u8, port: u16, seq: u32) -> [u8; 88] {
-    let mut m = [0u8; 88];
-    // struct nlmsghdr
-    m[0..4].copy_from_slice(&88u32.to_ne_bytes());
-    m[4..6].copy_from_slice(&SOCK_DIAG_BY_FAMILY.to_ne_bytes());
-    m[6..8].copy_from_slice(&(NLM_F_REQUEST | NLM_F_DUMP).to_ne_bytes());
-    m[8..12].copy_from_slice(&seq.to_ne_bytes());
-    // [12..16] nlmsg_pid 0: the kernel fills in ours.
-    // struct inet_diag_req_v2: family, protocol, ext, pad, states, then a zeroed sockid (48).
-    m[16] = family;
-    m[17] = IPPROTO_TCP;
-    let states: u32 = (1 << TCP_LISTEN) | (1 << TCP_SYN_RECV);
-    m[20..24].copy_from_slice(&states.to_ne_bytes());
+/// A dump request with a bytecode filter keeping local port `port`: one INET_DIAG_BC_S_COND op
+/// whose "yes" runs off the end of the program (accept) and whose "no" jumps 4 bytes past it
+/// (reject), as `ss sport = :PORT` does.
+fn dump_request(dump: Dump, port: u16, seq: u32) -> Vec<u8> {
+    let mut m = Vec::with_capacity(92);
+    // struct nlmsghdr; the length is patched in at the end.
+    m.extend_from_slice(&0u32.to_ne_bytes());
+    let kind = match dump {
+        Dump::Listeners(_) => SOCK_DIAG_BY_FAMILY,
+        Dump::HalfOpen => TCPDIAG_GETSOCK,
+    };
+    m.extend_from_slice(&kind.to_ne_bytes());
+    m.extend_from_slice(&(NLM_F_REQUEST | NLM_F_DUMP).to_ne_bytes());
+    m.extend_from_slice(&seq.to_ne_bytes());
+    m.extend_from_slice(&0u32.to_ne_bytes()); // nlmsg_pid: the kernel knows ours
+    let sockid = [0u8; 48]; // any address, any port: the bytecode filters
+    match dump {
+        Dump::Listeners(family) => {
+            // struct inet_diag_req_v2 { family, protocol, ext, pad, states, id }
+            m.extend_from_slice(&[family, IPPROTO_TCP, 0, 0]);
+            m.extend_from_slice(&(1u32 << TCP_LISTEN).to_ne_bytes());
+            m.extend_from_slice(&sockid);
+        }
+        Dump::HalfOpen => {
+            // struct inet_diag_req { family, src_len, dst_len, ext, id, states, dbs }; the
+            // family is ignored by the dump (AF_UNSPEC), TCP is in the message type.
+            m.extend_from_slice(&[AF_INET, 0, 0, 0]);
+            m.extend_from_slice(&sockid);
+            m.extend_from_slice(&(1u32 << TCP_SYN_RECV).to_ne_bytes());
+            m.extend_from_slice(&0u32.to_ne_bytes());
+        }
+    }
     // struct nlattr { len, type } around the 12-byte program.
-    m[72..74].copy_from_slice(&16u16.to_ne_bytes());
-    m[74..76].copy_from_slice(&INET_DIAG_REQ_BYTECODE.to_ne_bytes());
+    m.extend_from_slice(&16u16.to_ne_bytes());
+    m.extend_from_slice(&INET_DIAG_REQ_BYTECODE.to_ne_bytes());
     // struct inet_diag_bc_op { code, yes, no }
-    m[76] = INET_DIAG_BC_S_COND;
-    m[77] = 12;
-    m[78..80].copy_from_slice(&16u16.to_ne_bytes());
-    // struct inet_diag_hostcond { family AF_UNSPEC, prefix_len 0, pad, int port }: any address.
-    m[84..88].copy_from_slice(&i32::from(port).to_ne_bytes());
+    m.extend_from_slice(&[INET_DIAG_BC_S_COND, 12]);
+    m.extend_from_slice(&16u16.to_ne_bytes());
+    // struct inet_diag_hostcond { family AF_UNSPEC, prefix_len 0, pad, int port }
+    m.extend_from_slice(&[0, 0, 0, 0]);
+    m.extend_from_slice(&i32::from(port).to_ne_bytes());
+    let len = m.len() as u32;
+    m[0..4].copy_from_slice(&len.to_ne_bytes());
     m
 }
 
@@ -481,14 +551,16 @@ fn judge(check: &BacklogCheck, reading: &Reading, rates: Option<&Rates>) -> (boo
     }
     parts.push(queue);
 
-    let mut half_open = format!("{} half-open", reading.half_open);
-    if let Some(max) = check.max_syn_recv
-        && reading.half_open > max
-    {
-        ok = false;
-        half_open = format!("{half_open} over {max}");
+    if let Some(count) = reading.half_open {
+        let mut half_open = format!("{count} half-open");
+        if let Some(max) = check.max_syn_recv
+            && count > max
+        {
+            ok = false;
+            half_open = format!("{half_open} over {max}");
+        }
+        parts.push(half_open);
     }
-    parts.push(half_open);
 
     match rates {
         None => parts.push("no rate yet (first sample)".into()),
@@ -542,7 +614,7 @@ mod tests {
         }
     }
 
-    fn reading(listeners: Vec<Listener>, half_open: u32) -> Reading {
+    fn reading(listeners: Vec<Listener>, half_open: Option<u32>) -> Reading {
         Reading {
             listeners,
             half_open,
@@ -617,19 +689,19 @@ IpExt: 0 0\n";
         let rates0 = [Some(0.0); 5];
         let table: &[(Reading, Option<Rates>, bool, &str)] = &[
             (
-                reading(vec![listener("0.0.0.0:22", 0, 128)], 0),
+                reading(vec![listener("0.0.0.0:22", 0, 128)], Some(0)),
                 Some(rates0),
                 true,
                 "ok: accept queue 0/128, 0 half-open, ListenOverflows +0.0/s",
             ),
             (
-                reading(vec![listener("0.0.0.0:22", 0, 128)], 0),
+                reading(vec![listener("0.0.0.0:22", 0, 128)], Some(0)),
                 None,
                 true,
                 "ok: accept queue 0/128, 0 half-open, no rate yet (first sample)",
             ),
             (
-                reading(vec![listener("127.0.0.1:22", 5, 4)], 0),
+                reading(vec![listener("127.0.0.1:22", 5, 4)], Some(0)),
                 Some([Some(15.0), Some(15.0), None, None, None]),
                 false,
                 "accept queue 5/4 (125%) over 90%, 0 half-open, ListenOverflows +15.0/s over 1/s, ListenDrops +15.0/s",
@@ -638,13 +710,25 @@ IpExt: 0 0\n";
                 // The fullest by ratio, not by count; its address, as there are two.
                 reading(
                     vec![listener("0.0.0.0:22", 50, 4096), listener("[::]:22", 4, 4)],
-                    11,
+                    Some(11),
                 ),
                 Some([Some(0.5), None, None, Some(2.0), Some(2.0)]),
                 false,
                 "accept queue 4/4 (100%) over 90% on [::]:22, 11 half-open over 10, ListenOverflows +0.5/s, TCPReqQFullDoCookies +2.0/s, SyncookiesSent +2.0/s",
             ),
-            (reading(vec![], 0), None, false, "nothing listens on :22"),
+            (
+                // No max_syn_recv: half-open entries are not counted, nor shown.
+                reading(vec![listener("0.0.0.0:22", 1, 128)], None),
+                Some(rates0),
+                true,
+                "ok: accept queue 1/128, ListenOverflows +0.0/s",
+            ),
+            (
+                reading(vec![], Some(0)),
+                None,
+                false,
+                "nothing listens on :22",
+            ),
         ];
         for (reading, rates, ok, reason) in table {
             assert_eq!(
@@ -656,7 +740,7 @@ IpExt: 0 0\n";
         c.bind = Some("::1".parse().unwrap());
         c.netns = Some("/run/netns/h1".into());
         assert_eq!(
-            judge(&c, &reading(vec![], 0), None).1,
+            judge(&c, &reading(vec![], Some(0)), None).1,
             "nothing listens on [::1]:22 in netns /run/netns/h1"
         );
     }
@@ -667,7 +751,7 @@ IpExt: 0 0\n";
         c.max_accept_queue = Limit::Absolute(40);
         let r = reading(
             vec![listener("0.0.0.0:22", 3, 4), listener("[::]:22", 50, 4096)],
-            0,
+            Some(0),
         );
         assert_eq!(
             judge(&c, &r, None).1,
@@ -676,27 +760,35 @@ IpExt: 0 0\n";
     }
 
     #[test]
-    fn the_request_is_what_the_kernel_expects() {
-        let m = dump_request(AF_INET6, 8080, 7);
-        assert_eq!(u32::from_ne_bytes(m[0..4].try_into().unwrap()), 88);
-        assert_eq!(u16::from_ne_bytes(m[4..6].try_into().unwrap()), 20);
-        assert_eq!(u16::from_ne_bytes(m[6..8].try_into().unwrap()), 0x301);
-        assert_eq!(u32::from_ne_bytes(m[8..12].try_into().unwrap()), 7);
+    fn the_requests_are_what_the_kernel_expects() {
+        let u16_at = |m: &[u8], i: usize| u16::from_ne_bytes([m[i], m[i + 1]]);
+        let u32_at = |m: &[u8], i: usize| u32::from_ne_bytes([m[i], m[i + 1], m[i + 2], m[i + 3]]);
+        // The program, the last 16 bytes of both: nlattr INET_DIAG_REQ_BYTECODE, then S_COND
+        // with yes = 12 (its own size: accept), no = 16 (past the end: reject), any address.
+        let program = |m: &[u8]| {
+            let p = &m[m.len() - 16..];
+            assert_eq!((u16_at(p, 0), u16_at(p, 2)), (16, 1));
+            assert_eq!((p[4], p[5], u16_at(p, 6)), (7, 12, 16));
+            assert_eq!((p[8], p[9]), (0, 0), "AF_UNSPEC, prefix 0");
+            u32_at(p, 12)
+        };
+
+        let m = dump_request(Dump::Listeners(AF_INET6), 8080, 7);
+        assert_eq!(m.len(), 88);
+        assert_eq!(u32_at(&m, 0), 88);
+        assert_eq!(u16_at(&m, 4), 20, "SOCK_DIAG_BY_FAMILY");
+        assert_eq!(u16_at(&m, 6), 0x301, "NLM_F_REQUEST | NLM_F_DUMP");
+        assert_eq!(u32_at(&m, 8), 7);
         assert_eq!((m[16], m[17]), (AF_INET6, IPPROTO_TCP));
-        assert_eq!(
-            u32::from_ne_bytes(m[20..24].try_into().unwrap()),
-            (1 << 10) | (1 << 3)
-        );
-        // The program: yes = 12 (its own size: accept), no = 16 (past the end: reject).
-        let u16_at = |i: usize| u16::from_ne_bytes([m[i], m[i + 1]]);
-        assert_eq!(
-            (u16_at(72), u16_at(74)),
-            (16, 1),
-            "nlattr INET_DIAG_REQ_BYTECODE"
-        );
-        assert_eq!((m[76], m[77], u16_at(78)), (7, 12, 16));
-        assert_eq!(m[80], 0, "AF_UNSPEC: any address");
-        assert_eq!(i32::from_ne_bytes(m[84..88].try_into().unwrap()), 8080);
+        assert_eq!(u32_at(&m, 20), 1 << 10, "TCPF_LISTEN");
+        assert_eq!(program(&m), 8080);
+
+        let m = dump_request(Dump::HalfOpen, 443, 3);
+        assert_eq!(m.len(), 92);
+        assert_eq!(u32_at(&m, 0), 92);
+        assert_eq!(u16_at(&m, 4), 18, "TCPDIAG_GETSOCK");
+        assert_eq!(u32_at(&m, 16 + 4 + 48), 1 << 3, "TCPF_SYN_RECV");
+        assert_eq!(program(&m), 443);
     }
 
     #[test]
