@@ -80,9 +80,14 @@ fn bench(rt: &tokio::runtime::Runtime, port: u16, max_syn_recv: Option<u32>, che
     let cpu_before = cpu();
     let wall = Instant::now();
     let mut failed = 0u32;
-    for _ in 0..checks {
+    // RSS at each quarter: growth per check would show as a steady climb.
+    let mut quarters = Vec::with_capacity(4);
+    for i in 1..=checks {
         if !rt.block_on(probe.run(timeout)).ok {
             failed += 1;
+        }
+        if i % (checks / 4).max(1) == 0 {
+            quarters.push(rss_kib());
         }
     }
     let wall = wall.elapsed();
@@ -95,7 +100,7 @@ fn bench(rt: &tokio::runtime::Runtime, port: u16, max_syn_recv: Option<u32>, che
         wall.as_secs_f64() * 1e6 / f64::from(checks)
     );
     println!(
-        "RSS before: {rss_before} KiB, after: {rss_after} KiB ({:+} KiB)",
+        "RSS before: {rss_before} KiB, after: {rss_after} KiB ({:+} KiB); at each quarter: {quarters:?} KiB",
         rss_after as i64 - rss_before as i64
     );
 }
