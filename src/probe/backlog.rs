@@ -7,14 +7,16 @@
 //! first, as the kernel's SYN backlog was still full" after a restart; nothing watched it.
 //!
 //! Each check asks the kernel, over NETLINK_SOCK_DIAG (inet_diag, what `ss` uses), for the TCP
-//! sockets in state LISTEN or SYN_RECV whose local port is the watched one — the kernel filters
-//! by state and, with a one-instruction bytecode program, by port, so the cost does not grow with
-//! the number of sockets on the host. For a LISTEN socket `idiag_rqueue` is the accept queue and
-//! `idiag_wqueue` its maximum (`ss -ltn` Recv-Q / Send-Q); SYN_RECV entries are the half-open
-//! handshakes. It then reads the TcpExt counters of /proc/net/netstat (`ListenOverflows`,
-//! `ListenDrops`, `TCPReqQFullDrop`, `TCPReqQFullDoCookies`, `SyncookiesSent`) and turns them
-//! into rates against the previous check's sample. Those counters are namespace-wide: they say
-//! that *some* listener overflowed, the queues say which.
+//! sockets in state LISTEN whose local port is the watched one, IPv4 and IPv6 — the kernel
+//! filters by state and, with a one-instruction bytecode program, by port. For a LISTEN socket
+//! `idiag_rqueue` is the accept queue and `idiag_wqueue` its maximum (`ss -ltn` Recv-Q /
+//! Send-Q); of several listeners (v4 and v6, SO_REUSEPORT) the fullest is reported. With
+//! `max_syn_recv`, a second dump counts the port's SYN_RECV (half-open) entries; only then,
+//! because that dump walks every bucket of the kernel's established hash (see [`Dump`]). Then
+//! the TcpExt counters of /proc/net/netstat (`ListenOverflows`, `ListenDrops`,
+//! `TCPReqQFullDrop`, `TCPReqQFullDoCookies`, `SyncookiesSent`) become rates against the
+//! previous check's sample. Those counters are namespace-wide: they say that *some* listener
+//! overflowed, the queues say which.
 //!
 //! With `netns`, a short-lived thread enters the namespace (setns) and does all of it there: a
 //! netlink socket belongs to the namespace it was created in, and /proc/thread-self/net is the
