@@ -12,7 +12,7 @@
 //! `idiag_rqueue` is the accept queue and `idiag_wqueue` its maximum (`ss -ltn` Recv-Q /
 //! Send-Q); of several listeners (v4 and v6, SO_REUSEPORT) the fullest is reported. With
 //! `max_syn_recv`, a second dump counts the port's SYN_RECV (half-open) entries; only then,
-//! because that dump walks every bucket of the kernel's established hash (see [`Dump`]). Then
+//! because that dump walks every bucket of the kernel's established hash (`Dump::HalfOpen`). Then
 //! the TcpExt counters of /proc/net/netstat (`ListenOverflows`, `ListenDrops`,
 //! `TCPReqQFullDrop`, `TCPReqQFullDoCookies`, `SyncookiesSent`) become rates against the
 //! previous check's sample. Those counters are namespace-wide: they say that *some* listener
