@@ -91,7 +91,7 @@ stop_pid() { # stop_pid PID [GRACE_TENTHS]: SIGCONT+SIGTERM, wait, SIGKILL
 }
 is_live() { # alive and not a zombie
     local st
-    { st=$(<"/proc/$1/stat"); } 2>/dev/null || return 1
+    { read -r st <"/proc/$1/stat"; } 2>/dev/null || return 1
     [[ ${st##*) } != Z* ]]
 }
 # Fake apaches of a case dir: by their pidfiles, then any fake_apache whose command line names
@@ -100,7 +100,7 @@ stop_servers() { # stop_servers DIR
     local f pid cmd pids=()
     for f in "$1"/fa*.pid; do
         [[ -e $f ]] || continue
-        { pid=$(<"$f"); } 2>/dev/null || continue
+        { read -r pid <"$f"; } 2>/dev/null || continue
         [[ $pid =~ ^[0-9]+$ && $(cat "/proc/$pid/comm" 2>/dev/null) == fake_apache ]] && pids+=("$pid")
     done
     for f in /proc/[0-9]*/cmdline; do
@@ -275,7 +275,7 @@ check_tool() { # check_tool TOOL DIR: still running, and it is what we think it 
     local want=$1 logf=$2/watchdog.log
     [[ $1 == monit ]] && logf=$2/monit.stdout
     is_live "$TOOL_PID" || die "$1 exited: $(tail -n5 "$logf")"
-    [[ $(<"/proc/$TOOL_PID/comm") == "$want" ]] || die "pid $TOOL_PID is not $want"
+    [[ $(cat "/proc/$TOOL_PID/comm" 2>/dev/null) == "$want" ]] || die "pid $TOOL_PID is not $want"
 }
 stop_tool() { stop_pid "$TOOL_PID" 100; TOOL_PID=; }
 
