@@ -318,3 +318,96 @@ command = ["/usr/bin/touch", "{marker}"]
         took.as_secs_f64()
     );
 }
+
+/// A process probe sees a kill -9 through its pidfd: the daemon restarts the service at once,
+/// not after `fail_after` intervals (here 3 × 5 s).
+#[test]
+fn a_killed_process_is_restarted_at_once_through_the_pidfd_event() {
+    let dir = TempDir::new("pidfd");
+    let apache = FakeApache::start(dir.path(), "healthy");
+    let start = FakeApache::start_argv(apache.port, apache.control, &apache.pidfile, "healthy")
+        .iter()
+        .map(|a| format!("{a:?}"))
+        .collect::<Vec<_>>()
+        .join(", ");
+    let cfg = dir.write(
+        "watchdog.toml",
+        &format!(
+            r#"[watchdog]
+state_dir = "state"
+
+[[probe]]
+name = "apache-proc"
+kind = "process"
+pidfile = "{pidfile}"
+interval = "5s"
+timeout = "1s"
+fail_after = 3
+restart_grace = "1s"
+
+[[rule]]
+probe = "apache-proc"
+when = "down"
+do = ["restart"]
+
+[action.restart]
+kind = "signal"
+pidfile = "{pidfile}"
+kill_after = "1s"
+start = [{start}]
+"#,
+            pidfile = apache.pidfile.display()
+        ),
+    );
+    let wd = Watchdog::run(&cfg, dir.path());
+    assert!(
+        wait_until(Duration::from_secs(10), || wd
+            .messages("state changed")
+            .iter()
+            .any(|e| e["fields"]["state"] == "up")),
+        "{}",
+        wd.log_text()
+    );
+    let old = apache.pid().unwrap();
+    let killed = Instant::now();
+    nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(old),
+        nix::sys::signal::Signal::SIGKILL,
+    )
+    .unwrap();
+    assert!(
+        wait_until(Duration::from_secs(4), || wd.remedies("restart") == 1),
+        "{}",
+        wd.log_text()
+    );
+    let detected = killed.elapsed();
+    assert!(
+        wait_until(Duration::from_secs(5), || apache
+            .pid()
+            .is_some_and(|p| p != old)
+            && apache.serves()),
+        "{}",
+        wd.log_text()
+    );
+    let serving = killed.elapsed();
+    let down = &wd
+        .messages("state changed")
+        .into_iter()
+        .find(|e| e["fields"]["state"] == "down")
+        .unwrap()["fields"];
+    assert!(
+        down["reason"].as_str().unwrap().contains("exited")
+            || down["reason"].as_str().unwrap().contains("zombie"),
+        "{down}"
+    );
+    // Without the event, three failed checks 5 s apart would take 10 s or more.
+    assert!(
+        detected < Duration::from_secs(2),
+        "restart began {detected:?} after the kill"
+    );
+    eprintln!(
+        "kill -9 -> restart began after {:.0} ms, serving after {:.0} ms",
+        detected.as_secs_f64() * 1000.0,
+        serving.as_secs_f64() * 1000.0
+    );
+}
