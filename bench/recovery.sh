@@ -37,7 +37,10 @@
 #   then start the daemonizing fake apache (start programs are pinned to CPU 1 with taskset).
 #   monit timeouts are whole seconds and the watchdog requires timeout < interval, so:
 #   monit `set daemon 1`, `with timeout 1 seconds for 3 cycles then restart`, stop program
-#   bench/recovery/stop.sh (TERM, 2 s, KILL); watchdog interval "1s", timeout "900ms",
+#   bench/recovery/stop.sh (TERM, 2 s, KILL), start program `with timeout 1 seconds` (monit
+#   pauses a process's connection tests until it is as old as its start timeout: 1 s here, like
+#   the watchdog's restart_grace; at monit's default 30 s no http test would run for the first
+#   30 s after a (re)start); watchdog interval "1s", timeout "900ms",
 #   fail_after 3, recover_after 1, restart_grace "1s", `[action] kind = "signal"` with
 #   kill_after "2s", rule budget "100 per 10m" (so the budget never interferes).
 #
@@ -251,7 +254,7 @@ write_monit() { # write_monit DIR N HUNG
         monit_head "$dir"
         for ((i = 1; i <= n; i++)); do
             printf 'check process fa%d with pidfile %s/fa%d.pid\n' "$i" "$dir" "$i"
-            printf '  start program = "%s" with timeout 10 seconds\n' "$(fa_argv "$dir" "$i" "$(mode_of "$i" "$hung")" | paste -sd' ')"
+            printf '  start program = "%s" with timeout 1 seconds\n' "$(fa_argv "$dir" "$i" "$(mode_of "$i" "$hung")" | paste -sd' ')"
             printf '  stop program = "%s %s/fa%d.pid" with timeout 10 seconds\n' "$HELPERS/stop.sh" "$dir" "$i"
             printf '  if failed host 127.0.0.1 port %d protocol http request "/" with timeout 1 seconds for 3 cycles then restart\n\n' "$(sport "$i")"
         done
@@ -341,7 +344,7 @@ for ((r = 1; r <= RUNS; r++)); do
     for c in "${ordered[@]}"; do
         IFS='|' read -r label tool variant fault n hung settle <<<"$c"
         case_run "$tool" "$variant" "$fault" "$n" "$hung" "$settle"
-        log "run $r/$RUNS $label $tool${variant/#-/} ($fault, $n services, $hung hung): restarted $C_RESTARTED s, serving $C_SERVING s"
+        log "run $r/$RUNS $label $tool$([[ $variant == - ]] || echo " ($variant)") ($fault, $n services, $hung hung): restarted $C_RESTARTED s, serving $C_SERVING s"
         k="$label,$tool,$variant"
         RES[$k,restarted]+="$C_RESTARTED "
         RES[$k,serving]+="$C_SERVING "
@@ -480,7 +483,7 @@ report() {
     echo "## Recovery (seconds from the fault: restarted = new live pid in the pidfile; serving = HTTP 200 again)"
     echo
     echo "Equivalent configs: check every 1 s, down after 3 failures, restart = TERM, up to 2 s, KILL, start."
-    echo "monit: \`set daemon 1\`, \`check process ... with pidfile\` + \`if failed ... protocol http ... with timeout 1 seconds for 3 cycles then restart\`, stop program bench/recovery/stop.sh."
+    echo "monit: \`set daemon 1\`, \`check process ... with pidfile\` + \`if failed ... protocol http ... with timeout 1 seconds for 3 cycles then restart\`, stop program bench/recovery/stop.sh, start program \`with timeout 1 seconds\` (monit pauses a process's connection tests until the process is as old as the start timeout; 1 s matches the watchdog's restart_grace)."
     echo "watchdog: interval 1s, timeout 900ms (monit timeouts are whole seconds, the watchdog's must be < interval), fail_after 3, recover_after 1, restart_grace 1s, signal action kill_after 2s, budget 100 per 10m."
     echo "Runs alternate the two (odd runs watchdog first). $RUNS runs each; min / median / max."
     echo

@@ -14,7 +14,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
-use common::{TempDir, free_port, wait_until, watchdog_bin};
+use common::{TempDir, free_port, wait_until};
 use uptime_watchdog::config::{BacklogCheck, Limit};
 use uptime_watchdog::probe::backlog::BacklogProbe;
 use uptime_watchdog::probe::{Outcome, Probe};
@@ -317,30 +317,9 @@ fn nothing_listening_has_its_own_reason() {
     );
 }
 
-/// Runs `watchdog check --json --dry-run`; returns probe name -> (ok, reason).
+/// `watchdog check --json --dry-run`: probe name -> (ok, reason).
 fn watchdog_check(cfg: &std::path::Path) -> std::collections::BTreeMap<String, (bool, String)> {
-    let out = Command::new(watchdog_bin())
-        .args(["check", "--json", "--dry-run", "-c", cfg.to_str().unwrap()])
-        .env("RUST_LOG", "error")
-        .output()
-        .unwrap();
-    let stdout = String::from_utf8_lossy(&out.stdout);
-    let report: serde_json::Value = serde_json::from_str(&stdout)
-        .unwrap_or_else(|e| panic!("{e}: {stdout}{}", String::from_utf8_lossy(&out.stderr)));
-    report["rows"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|r| {
-            (
-                r["probe"].as_str().unwrap().to_string(),
-                (
-                    r["ok"].as_bool().unwrap(),
-                    r["reason"].as_str().unwrap().to_string(),
-                ),
-            )
-        })
-        .collect()
+    common::check_rows(cfg, &[])
 }
 
 #[test]

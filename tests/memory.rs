@@ -8,13 +8,12 @@
 
 mod common;
 
-use std::collections::BTreeMap;
 use std::io::{BufRead, BufReader, Write};
 use std::path::{Path, PathBuf};
 use std::process::{Child, ChildStdin, Command, Stdio};
 use std::time::{Duration, Instant};
 
-use common::{TempDir, wait_until, watchdog_bin};
+use common::{TempDir, wait_until};
 use uptime_watchdog::config::{Limit, MemoryCheck};
 use uptime_watchdog::health::Verdict;
 use uptime_watchdog::probe::{Outcome, Probe};
@@ -398,29 +397,8 @@ fn a_psi_trigger_fires_under_real_pressure_after_cancelled_waits() {
 }
 
 /// `watchdog check --json --dry-run`: probe name -> (ok, reason).
-fn watchdog_check(cfg: &Path) -> BTreeMap<String, (bool, String)> {
-    let out = Command::new(watchdog_bin())
-        .args(["check", "--json", "--dry-run", "-c", cfg.to_str().unwrap()])
-        .env("RUST_LOG", "error")
-        .output()
-        .unwrap();
-    let stdout = String::from_utf8_lossy(&out.stdout);
-    let report: serde_json::Value = serde_json::from_str(&stdout)
-        .unwrap_or_else(|e| panic!("{e}: {stdout}{}", String::from_utf8_lossy(&out.stderr)));
-    report["rows"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|r| {
-            (
-                r["probe"].as_str().unwrap().to_string(),
-                (
-                    r["ok"].as_bool().unwrap(),
-                    r["reason"].as_str().unwrap().to_string(),
-                ),
-            )
-        })
-        .collect()
+fn watchdog_check(cfg: &std::path::Path) -> std::collections::BTreeMap<String, (bool, String)> {
+    common::check_rows(cfg, &[])
 }
 
 #[test]

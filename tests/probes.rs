@@ -7,36 +7,13 @@ mod common;
 
 use std::collections::BTreeMap;
 use std::net::TcpListener;
-use std::process::Command;
 
-use common::{FakeApache, TempDir, banner_server, echo_server, watchdog_bin};
+use common::{FakeApache, TempDir, banner_server, echo_server};
 
 /// Runs `check --json --dry-run` and returns probe name -> (ok, reason).
 fn check(dir: &TempDir, probes: &str, env: &[(&str, &str)]) -> BTreeMap<String, (bool, String)> {
     let cfg = dir.write("watchdog.toml", &format!("[watchdog]\nstate_dir = \"state\"\n\n[defaults]\ninterval = \"1m\"\ntimeout = \"1s\"\n\n{probes}"));
-    let out = Command::new(watchdog_bin())
-        .args(["check", "--json", "--dry-run", "-c", cfg.to_str().unwrap()])
-        .envs(env.iter().copied())
-        .env("RUST_LOG", "error")
-        .output()
-        .unwrap();
-    let stdout = String::from_utf8_lossy(&out.stdout);
-    let report: serde_json::Value = serde_json::from_str(&stdout)
-        .unwrap_or_else(|e| panic!("{e}: {stdout}{}", String::from_utf8_lossy(&out.stderr)));
-    report["rows"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|r| {
-            (
-                r["probe"].as_str().unwrap().to_string(),
-                (
-                    r["ok"].as_bool().unwrap(),
-                    r["reason"].as_str().unwrap().to_string(),
-                ),
-            )
-        })
-        .collect()
+    common::check_rows(&cfg, env)
 }
 
 #[test]

@@ -492,3 +492,34 @@ pub fn banner_server(banner: &'static str) -> u16 {
     });
     port
 }
+
+/// Runs `watchdog check --json --dry-run -c CFG` (with extra env vars) and returns probe name ->
+/// (ok, reason).
+pub fn check_rows(
+    cfg: &Path,
+    env: &[(&str, &str)],
+) -> std::collections::BTreeMap<String, (bool, String)> {
+    let out = Command::new(watchdog_bin())
+        .args(["check", "--json", "--dry-run", "-c", cfg.to_str().unwrap()])
+        .envs(env.iter().copied())
+        .env("RUST_LOG", "error")
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let report: serde_json::Value = serde_json::from_str(&stdout)
+        .unwrap_or_else(|e| panic!("{e}: {stdout}{}", String::from_utf8_lossy(&out.stderr)));
+    report["rows"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|r| {
+            (
+                r["probe"].as_str().unwrap().to_string(),
+                (
+                    r["ok"].as_bool().unwrap(),
+                    r["reason"].as_str().unwrap().to_string(),
+                ),
+            )
+        })
+        .collect()
+}
