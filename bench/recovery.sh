@@ -24,7 +24,8 @@
 #              (mode hang, also after a restart: they come back hung), then service 20 crashes
 #              (kill -9): its recovery, next to the same crash with all 20 healthy. monit's loop
 #              is serial (each hung check costs its timeout); the watchdog's probes are not.
-#              The watchdog runs its http + process probes here (monit's equivalent: check process
+#              The crash comes at a random moment 8-20 s after the start (any phase of monit's
+#              cycle). The watchdog runs its http + process probes here (monit's equivalent: check process
 #              + http test).
 #   5. footprint: 20 and 200 http checks every 1 s against 10 healthy fake apaches (no actions),
 #              over FOOT_SECONDS: VmRSS, VmHWM, CPU time (utime+stime, /proc/PID/stat) and CPU per
@@ -299,6 +300,9 @@ case_run() {
     for ((i = 1; i <= n; i++)); do wait_served "$dir/fa$i.pid" "$(sport "$i")"; done
     if [[ $tool == monit ]]; then write_monit "$dir" "$n" "$hung"; else write_watchdog "$dir" "$n" "$hung" "$variant"; fi
     start_tool "$tool" "$dir"
+    if [[ $settle == *+* ]]; then # BASE+SPREAD: a random point in that range (the phase of monit's cycle)
+        settle=$(awk -v b="${settle%+*}" -v s="${settle#*+}" -v r="$RANDOM" 'BEGIN { printf "%.2f", b + s * r / 32767 }')
+    fi
     sleep "$settle"
     check_tool "$tool" "$dir"
     out=$(python3 "$HELPERS/measure.py" "$fault" "$dir/fa$n.pid" "$(sport "$n")" "$(cport "$n")" "$MAX_WAIT") ||
@@ -326,7 +330,9 @@ CASES+=("crash|monit|-|crash|1|0|3")
 CASES+=("hang|watchdog|http|stop|1|0|3" "hang|monit|-|stop|1|0|3")
 CASES+=("504|watchdog|http|504|1|0|3" "504|monit|-|504|1|0|3")
 CASES+=("iso-base|watchdog|$WD_ISO|crash|20|0|4" "iso-base|monit|-|crash|20|0|4")
-CASES+=("iso-hung|watchdog|$WD_ISO|crash|20|5|8" "iso-hung|monit|-|crash|20|5|8")
+# With 5 hung services monit's cycle takes ~6 s (a whole one with a restart of the hung ones):
+# the crash comes at a random moment 8-20 s after the start, so it falls at any phase of it.
+CASES+=("iso-hung|watchdog|$WD_ISO|crash|20|5|8+12" "iso-hung|monit|-|crash|20|5|8+12")
 
 declare -A RES # RES[label,tool,variant,restarted|serving] = "v1 v2 ..."
 for ((r = 1; r <= RUNS; r++)); do

@@ -28,8 +28,8 @@ const UNIT: &str = "uptime-watchdog.service";
 /// - no `EnvironmentFile=`: the host's /etc/uptime-watchdog is none of a test's business.
 ///
 /// All the sandboxing stays: it works inside the namespace.
-fn test_unit(config: &Path, dir: &Path) -> String {
-    let bin = env!("CARGO_BIN_EXE_watchdog");
+fn test_unit(bin: &Path, config: &Path, dir: &Path) -> String {
+    let bin = bin.to_str().unwrap();
     let shipped_config = "/etc/uptime-watchdog/watchdog.toml";
     assert!(
         SHIPPED_UNIT.contains("/usr/local/bin/watchdog") && SHIPPED_UNIT.contains(shipped_config)
@@ -79,12 +79,44 @@ struct Fixture {
     ns: SystemdNs,
     config: PathBuf,
     state_dir: PathBuf,
-    dir: TempDir,
+    dir: HostDir,
+}
+
+/// A directory for a test's binary, config and state that the unit can see: not under /tmp or
+/// /var/tmp, which the namespace (a fresh /tmp) and the unit (`PrivateTmp=`) both replace, so
+/// a checkout under /tmp would be invisible to the service. Removed when dropped.
+struct HostDir(PathBuf);
+
+impl HostDir {
+    fn new(tag: &str) -> HostDir {
+        static N: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
+        let n = N.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+        let dir = PathBuf::from("/var/lib/uptime-watchdog-tests")
+            .join(format!("{tag}-{}-{n}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).unwrap();
+        HostDir(dir)
+    }
+
+    fn path(&self) -> &Path {
+        &self.0
+    }
+}
+
+impl Drop for HostDir {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+        // The parent goes too once the last test is done with it.
+        let _ = std::fs::remove_dir(self.0.parent().unwrap());
+    }
 }
 
 impl Fixture {
     fn new(tag: &str, probes: &str) -> Fixture {
-        let dir = TempDir::new(&format!("systemd-{tag}"));
+        let dir = HostDir::new(&format!("systemd-{tag}"));
+        // A copy of the test build where the unit can reach it.
+        let bin = dir.path().join("watchdog");
+        std::fs::copy(env!("CARGO_BIN_EXE_watchdog"), &bin).unwrap();
         let state_dir = dir.path().join("state");
         let fixture_config = dir.path().join("watchdog.toml");
         let ns = SystemdNs::boot(tag, dir.path());
@@ -95,7 +127,7 @@ impl Fixture {
             dir,
         };
         f.write_config(probes);
-        f.ns.install_unit(UNIT, &test_unit(&f.config, f.dir.path()));
+        f.ns.install_unit(UNIT, &test_unit(&bin, &f.config, f.dir.path()));
         f
     }
 
