@@ -261,12 +261,12 @@ pub fn check(documents: &[Document], diags: &mut Diagnostics) -> Option<Config> 
         }
     }
 
-    Some(Config {
-        files: documents.iter().map(|d| d.source.path.clone()).collect(),
+    Some(Config::new(
+        documents.iter().map(|d| d.source.path.clone()).collect(),
         watchdog,
-        probes: probes.into_iter().map(|(p, _)| p).collect(),
-        actions: actions.into_iter().map(|(n, (a, _, _))| (n, a)).collect(),
-    })
+        probes.into_iter().map(|(p, _)| p).collect(),
+        actions.into_iter().map(|(n, (a, _, _))| (n, a)).collect(),
+    ))
 }
 
 fn check_watchdog(main: &Document, diags: &mut Diagnostics) -> WatchdogSettings {

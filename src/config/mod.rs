@@ -38,11 +38,33 @@ pub struct Config {
     pub watchdog: WatchdogSettings,
     pub probes: Vec<ProbeSpec>,
     pub actions: BTreeMap<String, ActionSpec>,
+    /// Probe name -> index in `probes`: the daemon looks a probe up at every check.
+    by_name: std::collections::HashMap<String, usize>,
 }
 
 impl Config {
+    pub fn new(
+        files: Vec<PathBuf>,
+        watchdog: WatchdogSettings,
+        probes: Vec<ProbeSpec>,
+        actions: BTreeMap<String, ActionSpec>,
+    ) -> Config {
+        let by_name = probes
+            .iter()
+            .enumerate()
+            .map(|(i, p)| (p.name.clone(), i))
+            .collect();
+        Config {
+            files,
+            watchdog,
+            probes,
+            actions,
+            by_name,
+        }
+    }
+
     pub fn probe(&self, name: &str) -> Option<&ProbeSpec> {
-        self.probes.iter().find(|p| p.name == name)
+        self.by_name.get(name).map(|&i| &self.probes[i])
     }
 }
 
