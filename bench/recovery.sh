@@ -472,7 +472,7 @@ stats() { # stats "v1 v2 ...": "min|median|max" (timeouts excluded and counted)
         }'
 }
 median() { local s; s=$(stats "$1"); s=${s#*|}; echo "${s%%|*}"; }
-ratio() { awk -v a="$1" -v b="$2" 'BEGIN { if (a == "-" || b == "-" || b + 0 == 0) print "n/a"; else printf "%.2f", a / b }'; }
+ratio() { awk -v a="$1" -v b="$2" 'BEGIN { if (a == "-" || b == "-" || b + 0 == 0) print "n/a"; else printf "%.3f", a / b }'; }
 scen_desc() {
     case $1 in
     crash) echo "1. crash (kill -9)" ;;

@@ -155,6 +155,8 @@ struct Daemon {
     /// The last result of each probe, and the last action taken for it, for `/status`.
     last_checks: BTreeMap<String, (Outcome, Instant)>,
     last_actions: BTreeMap<String, String>,
+    /// When each remedy action last ended, to join requests that come just after.
+    remedy_ended: BTreeMap<String, Instant>,
 }
 
 /// Runs until `shutdown` completes; each message on `reloads` re-reads the config. Fails only
@@ -205,6 +207,7 @@ pub async fn run(
         metrics: Arc::new(Metrics::default()),
         last_checks: BTreeMap::new(),
         last_actions: BTreeMap::new(),
+        remedy_ended: BTreeMap::new(),
     };
     let config = daemon.config.clone();
     daemon.apply(config);
@@ -414,6 +417,7 @@ impl Daemon {
                 action,
                 result,
             } => {
+                self.remedy_ended.insert(action.clone(), Instant::now());
                 let outcome = match &result {
                     Ok(s) => {
                         tracing::info!(probe = %probe, action = %action, result = %s, "remedy done");
@@ -486,7 +490,34 @@ impl Daemon {
                 };
                 let events = self.events_tx.clone();
                 let lock = self.remedy_locks.entry(action.clone()).or_default().clone();
-                tracing::warn!(probe = %ctx.incident.probe, action = %action, kind = spec.kind(), trigger = %trigger, reason = %ctx.incident.reason, dry_run, "running remedy");
+                // Two probes of one service ask for the same restart (the http probe saw it
+                // hang, the process probe saw the restart kill it): one restart is enough. A
+                // request while it runs waits for it; one just after it ended waits out the
+                // probe's restart_grace. Neither counts against the budget.
+                let grace = self
+                    .config
+                    .probe(&ctx.incident.probe)
+                    .map(|p| p.rules.policy.restart_grace);
+                let running = lock.try_lock().is_err();
+                let ended_recently = self
+                    .remedy_ended
+                    .get(&action)
+                    .zip(grace)
+                    .is_some_and(|(t, g)| t.elapsed() < g);
+                if running || ended_recently {
+                    self.state.engine.refund(&action);
+                    tracing::info!(probe = %ctx.incident.probe, action = %action, running, "remedy joined: it is running or just ran for another probe; not run again");
+                    if !running {
+                        if let Some(spec) = self.config.probe(&ctx.incident.probe) {
+                            self.state
+                                .engine
+                                .remedy_finished(&spec.rules, &action, "joined", now);
+                        }
+                        return;
+                    }
+                } else {
+                    tracing::warn!(probe = %ctx.incident.probe, action = %action, kind = spec.kind(), trigger = %trigger, reason = %ctx.incident.reason, dry_run, "running remedy");
+                }
                 // The budget now counts this run: keep that even if we crash during it.
                 self.dirty = true;
                 self.save();

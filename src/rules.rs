@@ -392,6 +392,14 @@ impl Engine {
             .collect()
     }
 
+    /// A requested run of `action` did not happen (another probe's run of it covered it): it
+    /// does not count against the budget.
+    pub fn refund(&mut self, action: &str) {
+        if let Some(history) = self.runs.get_mut(action) {
+            history.pop();
+        }
+    }
+
     /// A remedy ended (however it ended): start the probe's `restart_grace`.
     pub fn remedy_finished(
         &mut self,
@@ -809,6 +817,19 @@ mod tests {
             runs += log.iter().filter(|l| l.contains("run restart")).count();
         }
         assert_eq!(runs, 3, "the fourth restart within 15m is refused");
+    }
+
+    #[test]
+    fn a_refunded_run_does_not_count_against_the_budget() {
+        let mut e = Engine::default();
+        let a = apache();
+        // Three incidents, each restarting once, each refunded (another probe's run covered
+        // it): the budget of 3 is never spent, so the fourth incident restarts too.
+        for start in [0, 100, 200, 300] {
+            let log = simulate(&mut e, &a, "+---++", start);
+            assert!(log.iter().any(|l| l.contains("run restart")), "{log:?}");
+            e.refund("restart");
+        }
     }
 
     #[test]

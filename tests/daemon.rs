@@ -411,3 +411,100 @@ start = [{start}]
         serving.as_secs_f64() * 1000.0
     );
 }
+
+/// An http probe and a process probe on one service share its restart. The http probe sees the
+/// hang and restarts it; the restart's SIGTERM makes the process probe see a death and ask for
+/// the same restart: it joins the first one instead of restarting (or killing) the new process.
+#[test]
+fn two_probes_of_one_service_share_one_restart() {
+    let dir = TempDir::new("shared");
+    let apache = FakeApache::start(dir.path(), "healthy");
+    let start = FakeApache::start_argv(apache.port, apache.control, &apache.pidfile, "healthy")
+        .iter()
+        .map(|a| format!("{a:?}"))
+        .collect::<Vec<_>>()
+        .join(", ");
+    let cfg = dir.write(
+        "watchdog.toml",
+        &format!(
+            r#"[watchdog]
+state_dir = "state"
+
+[defaults]
+interval = "500ms"
+timeout = "400ms"
+fail_after = 2
+recover_after = 1
+restart_grace = "2s"
+
+[[probe]]
+name = "http"
+kind = "http"
+url = "{url}"
+
+[[probe]]
+name = "proc"
+kind = "process"
+pidfile = "{pidfile}"
+
+[[rule]]
+probe = "http"
+when = "down"
+do = ["restart"]
+
+[[rule]]
+probe = "proc"
+when = "down"
+do = ["restart"]
+
+[action.restart]
+kind = "signal"
+pidfile = "{pidfile}"
+kill_after = "1s"
+start = [{start}]
+"#,
+            url = apache.url("/"),
+            pidfile = apache.pidfile.display()
+        ),
+    );
+    let wd = Watchdog::run(&cfg, dir.path());
+    assert!(
+        wait_until(Duration::from_secs(10), || wd
+            .messages("state changed")
+            .iter()
+            .filter(|e| e["fields"]["state"] == "up")
+            .count()
+            == 2),
+        "{}",
+        wd.log_text()
+    );
+    let old = apache.pid().unwrap();
+    apache.set_mode("hang");
+    assert!(
+        wait_until(Duration::from_secs(10), || apache
+            .pid()
+            .is_some_and(|p| p != old)
+            && apache.serves()),
+        "{}",
+        wd.log_text()
+    );
+    let new = apache.pid().unwrap();
+    // Longer than restart_grace plus two checks: a second restart would have happened by now.
+    assert!(
+        !wait_until(Duration::from_secs(4), || wd.remedies("restart") > 1),
+        "{}",
+        wd.log_text()
+    );
+    assert_eq!(wd.remedies("restart"), 1, "{}", wd.log_text());
+    assert_eq!(
+        apache.pid(),
+        Some(new),
+        "the new process was left alone:\n{}",
+        wd.log_text()
+    );
+    assert!(FakeApache::alive(new));
+    let joined = wd
+        .messages("remedy joined: it is running or just ran for another probe; not run again")
+        .len();
+    eprintln!("requests joined to the running restart: {joined}");
+}

@@ -57,6 +57,13 @@ async fn stop(spec: &SignalAction) -> Result<String, String> {
         }
         Err(e) => return Err(format!("cannot open pid {pid}: {e}")),
     };
+    // Opened on a zombie (dead, not yet reaped by its parent), the pidfd is already "exited":
+    // say so rather than claim our signal stopped it.
+    if is_zombie(pid) {
+        return Ok(format!(
+            "pid {pid} had already exited (a zombie, not yet reaped)"
+        ));
+    }
     let signal = rustix::process::Signal::from_named_raw(spec.signal as i32)
         .ok_or_else(|| format!("{} cannot be sent", spec.signal))?;
     let started = Instant::now();
@@ -120,6 +127,16 @@ async fn wait_exit(pidfd: OwnedFd, timeout: Duration) -> Result<(OwnedFd, bool),
     })
     .await;
     joined.map_err(|e| format!("waiting for the process failed: {e}"))
+}
+
+fn is_zombie(pid: i32) -> bool {
+    std::fs::read_to_string(format!("/proc/{pid}/stat"))
+        .ok()
+        .and_then(|stat| {
+            stat.rfind(')')
+                .map(|i| stat[i + 1..].trim_start().starts_with('Z'))
+        })
+        .unwrap_or(false)
 }
 
 /// `Ok(None)`: no pidfile. `Err`: a pidfile that does not hold a pid.
