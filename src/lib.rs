@@ -6,7 +6,8 @@
 //! - [`clock`]: the boot-time clock every timestamp is on.
 //! - [`health`]: pure hysteresis, ok/fail observations to up/down.
 //! - [`rules`]: the pure rule engine, observations to [`rules::Effect`]s (remedies, pages).
-//! - [`probe`]: the checks that do I/O (`http`, `tcp`), each a value in, an [`probe::Outcome`] out.
+//! - [`probe`]: the checks that do I/O (`http`, `tcp`, `syn_backlog`, `process`, `memory`), each
+//!   a value in, an [`probe::Outcome`] out.
 //! - [`action`]: the effects: commands, signals, webhook pages.
 //! - [`daemon`]: `watchdog run`, one task per probe, the engine in one task, actions spawned.
 //! - [`events`]: notable events, logged from one place each.
