@@ -17,11 +17,7 @@ fn config(
     hook: &str,
     budget: &str,
 ) -> std::path::PathBuf {
-    let start = FakeApache::start_argv(apache.port, apache.control, &apache.pidfile, start_mode)
-        .iter()
-        .map(|a| format!("{a:?}"))
-        .collect::<Vec<_>>()
-        .join(", ");
+    let start = apache.start_toml(start_mode);
     dir.write(
         "watchdog.toml",
         &format!(
@@ -325,11 +321,7 @@ command = ["/usr/bin/touch", "{marker}"]
 fn a_killed_process_is_restarted_at_once_through_the_pidfd_event() {
     let dir = TempDir::new("pidfd");
     let apache = FakeApache::start(dir.path(), "healthy");
-    let start = FakeApache::start_argv(apache.port, apache.control, &apache.pidfile, "healthy")
-        .iter()
-        .map(|a| format!("{a:?}"))
-        .collect::<Vec<_>>()
-        .join(", ");
+    let start = apache.start_toml("healthy");
     let cfg = dir.write(
         "watchdog.toml",
         &format!(
@@ -419,11 +411,7 @@ start = [{start}]
 fn two_probes_of_one_service_share_one_restart() {
     let dir = TempDir::new("shared");
     let apache = FakeApache::start(dir.path(), "healthy");
-    let start = FakeApache::start_argv(apache.port, apache.control, &apache.pidfile, "healthy")
-        .iter()
-        .map(|a| format!("{a:?}"))
-        .collect::<Vec<_>>()
-        .join(", ");
+    let start = apache.start_toml("healthy");
     let cfg = dir.write(
         "watchdog.toml",
         &format!(

@@ -9,11 +9,7 @@ use std::time::Duration;
 use common::{FakeApache, Receiver, TempDir, Watchdog, free_port, wait_until, watchdog_bin};
 
 fn probe_config(apache: &FakeApache, hook_port: u16, budget: &str, start_mode: &str) -> String {
-    let start = FakeApache::start_argv(apache.port, apache.control, &apache.pidfile, start_mode)
-        .iter()
-        .map(|a| format!("{a:?}"))
-        .collect::<Vec<_>>()
-        .join(", ");
+    let start = apache.start_toml(start_mode);
     format!(
         r#"[watchdog]
 state_dir = "state"

@@ -146,6 +146,16 @@ impl FakeApache {
         ]
     }
 
+    /// The start argv as a TOML array's contents, for a `start = [...]` line of a config that
+    /// restarts this instance in `mode`.
+    pub fn start_toml(&self, mode: &str) -> String {
+        Self::start_argv(self.port, self.control, &self.pidfile, mode)
+            .iter()
+            .map(|a| format!("{a:?}"))
+            .collect::<Vec<_>>()
+            .join(", ")
+    }
+
     /// Starts one detached, as an init script would; it is found again through its pidfile.
     pub fn start(dir: &Path, mode: &str) -> FakeApache {
         std::fs::create_dir_all(dir).unwrap();
