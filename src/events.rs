@@ -2,23 +2,8 @@
 //! thing in the same words (and a future metric can count the same thing).
 
 use crate::health::State;
-use crate::rules::{Effect, IncidentView, PageEvent, Trigger};
-
-/// The effects that need carrying out, once the log-only ones are logged.
-#[derive(Debug)]
-pub enum Work {
-    Remedy {
-        action: String,
-        trigger: Trigger,
-        incident: IncidentView,
-    },
-    Page {
-        pager: String,
-        event: PageEvent,
-        summary: String,
-        incident: IncidentView,
-    },
-}
+use crate::rules::Effect;
+pub use crate::rules::Work;
 
 /// Logs the decisions that need no carrying out (state changes, a spent budget, a page with
 /// nobody to receive it) and returns `None` for them; hands back the effects that need work.
@@ -49,25 +34,6 @@ pub fn log_decision(effect: Effect) -> Option<Work> {
             tracing::error!(probe = %probe, summary = %summary, "page due, but no rule of this probe names a pager");
             None
         }
-        Effect::Remedy {
-            action,
-            trigger,
-            incident,
-        } => Some(Work::Remedy {
-            action,
-            trigger,
-            incident,
-        }),
-        Effect::Page {
-            pager,
-            event,
-            summary,
-            incident,
-        } => Some(Work::Page {
-            pager,
-            event,
-            summary,
-            incident,
-        }),
+        Effect::Work(work) => Some(work),
     }
 }

@@ -142,6 +142,22 @@ pub enum Effect {
         to: State,
         reason: String,
     },
+    /// A remedy to run or a page to send: the effects that need carrying out.
+    Work(Work),
+    /// A remedy was wanted but its budget is spent (logged once per incident).
+    BudgetSpent {
+        probe: String,
+        action: String,
+        budget: Budget,
+    },
+    /// A page was due ("giving up") but no rule of the probe names a pager: the effect layer
+    /// logs it as an error so it is at least in the journal.
+    NoPager { probe: String, summary: String },
+}
+
+/// The effects that need carrying out (the rest are only logged).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Work {
     /// Run a remedy; report its end with [`Engine::remedy_finished`].
     Remedy {
         action: String,
@@ -155,15 +171,6 @@ pub enum Effect {
         summary: String,
         incident: IncidentView,
     },
-    /// A remedy was wanted but its budget is spent (logged once per incident).
-    BudgetSpent {
-        probe: String,
-        action: String,
-        budget: Budget,
-    },
-    /// A page was due ("giving up") but no rule of the probe names a pager: the effect layer
-    /// logs it as an error so it is at least in the journal.
-    NoPager { probe: String, summary: String },
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -383,11 +390,13 @@ impl Engine {
         incident
             .paged
             .iter()
-            .map(|pager| Effect::Page {
-                pager: pager.clone(),
-                event: PageEvent::Resolved,
-                summary: summary.clone(),
-                incident: view.clone(),
+            .map(|pager| {
+                Effect::Work(Work::Page {
+                    pager: pager.clone(),
+                    event: PageEvent::Resolved,
+                    summary: summary.clone(),
+                    incident: view.clone(),
+                })
             })
             .collect()
     }
@@ -448,19 +457,19 @@ fn close_incident(
         .flat_map(|r| &r.actions);
     for action in up_actions {
         effects.push(match action.role {
-            Role::Remedy => Effect::Remedy {
+            Role::Remedy => Effect::Work(Work::Remedy {
                 action: action.name.clone(),
                 trigger: Trigger::Up,
                 incident: view.clone(),
-            },
+            }),
             Role::Page => {
                 resolved.insert(action.name.as_str());
-                Effect::Page {
+                Effect::Work(Work::Page {
                     pager: action.name.clone(),
                     event: PageEvent::Resolved,
                     summary: summary.clone(),
                     incident: view.clone(),
-                }
+                })
             }
         });
     }
@@ -469,12 +478,12 @@ fn close_incident(
         .iter()
         .filter(|p| !resolved.contains(p.as_str()))
     {
-        effects.push(Effect::Page {
+        effects.push(Effect::Work(Work::Page {
             pager: pager.clone(),
             event: PageEvent::Resolved,
             summary: summary.clone(),
             incident: view.clone(),
-        });
+        }));
     }
 }
 
@@ -530,21 +539,21 @@ fn fire(
                 incident.remedies += 1;
                 incident.pending_remedies += 1;
                 health.remedy_started();
-                effects.push(Effect::Remedy {
+                effects.push(Effect::Work(Work::Remedy {
                     action: action.name.clone(),
                     trigger: rule.trigger,
                     incident: view(spec, health, incident, reason),
-                });
+                }));
             }
             Role::Page => {
                 if incident.paged.insert(action.name.clone()) {
                     incident.actions_taken.push(format!("page {}", action.name));
-                    effects.push(Effect::Page {
+                    effects.push(Effect::Work(Work::Page {
                         pager: action.name.clone(),
                         event: PageEvent::Firing,
                         summary: firing_summary(spec, incident, now, reason),
                         incident: view(spec, health, incident, reason),
-                    });
+                    }));
                 }
             }
         }
@@ -575,12 +584,12 @@ fn page_all(
     for pager in pagers {
         incident.paged.insert(pager.to_string());
         incident.actions_taken.push(format!("page {pager}"));
-        effects.push(Effect::Page {
+        effects.push(Effect::Work(Work::Page {
             pager: pager.to_string(),
             event,
             summary: summary.to_string(),
             incident: view(spec, health, incident, &incident.reason),
-        });
+        }));
     }
 }
 
@@ -680,6 +689,18 @@ mod tests {
         }
     }
 
+    /// apache with one rule: down -> page oncall.
+    fn pages_when_down() -> ProbeRules {
+        ProbeRules {
+            rules: vec![Rule {
+                trigger: Trigger::Down,
+                actions: vec![pager("oncall")],
+                budget: None,
+            }],
+            ..apache()
+        }
+    }
+
     /// Feeds one observation per second following `script` (+ ok, - fail), finishing each
     /// remedy one second after it starts, and lists what the engine asked for as "t:effect".
     fn simulate(engine: &mut Engine, spec: &ProbeRules, script: &str, start: u64) -> Vec<String> {
@@ -695,11 +716,11 @@ mod tests {
             for effect in engine.observe(spec, verdict, "HTTP 504", Timestamp::secs(t)) {
                 match effect {
                     Effect::StateChanged { to, .. } => log.push(format!("{t}:{to}")),
-                    Effect::Remedy { action, .. } => {
+                    Effect::Work(Work::Remedy { action, .. }) => {
                         finishing.push((t + 1, action.clone()));
                         log.push(format!("{t}:run {action}"));
                     }
-                    Effect::Page { pager, event, .. } => {
+                    Effect::Work(Work::Page { pager, event, .. }) => {
                         log.push(format!("{t}:page {pager} {event:?}"))
                     }
                     Effect::BudgetSpent { action, .. } => {
@@ -775,14 +796,7 @@ mod tests {
     #[test]
     fn a_new_incident_pages_again() {
         let mut e = Engine::default();
-        let spec = ProbeRules {
-            rules: vec![Rule {
-                trigger: Trigger::Down,
-                actions: vec![pager("oncall")],
-                budget: None,
-            }],
-            ..apache()
-        };
+        let spec = pages_when_down();
         let log = simulate(&mut e, &spec, "+---++---++", 0);
         assert_eq!(
             log,
@@ -871,18 +885,11 @@ mod tests {
     #[test]
     fn retiring_a_probe_resolves_its_pages() {
         let mut e = Engine::default();
-        let spec = ProbeRules {
-            rules: vec![Rule {
-                trigger: Trigger::Down,
-                actions: vec![pager("oncall")],
-                budget: None,
-            }],
-            ..apache()
-        };
+        let spec = pages_when_down();
         simulate(&mut e, &spec, "+---", 0);
         let effects = e.retire(&spec, Timestamp::secs(10));
         assert!(
-            matches!(&effects[..], [Effect::Page { pager, event: PageEvent::Resolved, summary, .. }]
+            matches!(&effects[..], [Effect::Work(Work::Page { pager, event: PageEvent::Resolved, summary, .. })]
                 if pager == "oncall" && summary == "apache was removed from the config while down (for 7s)"),
             "{effects:?}"
         );
