@@ -5,7 +5,9 @@
 //! are serialized by a lock on the state dir. Probes run concurrently; then the engine decides
 //! (in config order, a pure step); then all effects run concurrently, each under its own
 //! timeout; then the state is saved. Pages that could not be delivered are kept in the state
-//! and retried first by the next run.
+//! and retried first by the next run. Every pager kind works here; Alertmanager alerts still
+//! open are re-posted at each run (Alertmanager resolves alerts it stops hearing about), while
+//! reminders and digests need the daemon's pager queues.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -13,7 +15,8 @@ use std::time::Duration;
 use serde::Serialize;
 use tokio::task::JoinSet;
 
-use crate::action::webhook::{self, Page};
+use crate::action::pager::{self, Failure};
+use crate::action::webhook::Page;
 use crate::action::{self, Context};
 use crate::clock;
 use crate::config::{ActionSpec, Config};
@@ -95,8 +98,10 @@ struct Done {
     probe: usize,
     line: String,
     remedy: Option<(String, &'static str)>,
-    /// (webhook action, page) to keep in the outbox for the next run.
+    /// (pager action, page) to keep in the outbox for the next run.
     undelivered: Option<(String, Page)>,
+    /// (pager action, page) the receiver took: opens or closes an entry of the open pages.
+    delivered: Option<(String, Page)>,
 }
 
 /// Runs the `selected` probes (all when empty) once.
@@ -131,8 +136,19 @@ pub async fn run(config: Config, selected: &[String], dry_run: bool) -> Result<R
         &client,
         std::mem::take(&mut saved.pending_pages),
         dry_run,
+        &mut saved.open_pages,
     )
     .await;
+    saved.open_pages.retain(|o| {
+        config.probe(&o.page.probe).is_some()
+            && config
+                .actions
+                .get(&o.action)
+                .is_some_and(|a| a.role() == crate::rules::Role::Page)
+    });
+    if !dry_run {
+        refresh_alertmanager(&config, &client, &saved.open_pages).await;
+    }
 
     // 1. Probes, concurrently.
     let indices: Vec<usize> = config
@@ -216,6 +232,17 @@ pub async fn run(config: Config, selected: &[String], dry_run: bool) -> Result<R
         if let Some(row) = rows.iter_mut().find(|r| r.probe == spec.name) {
             row.actions.push(done.line);
         }
+        if let Some((action, page)) = done.delivered {
+            pager::track_open(
+                &mut saved.open_pages,
+                PendingPage {
+                    id: 0,
+                    action,
+                    page,
+                    attempts: 0,
+                },
+            );
+        }
         if let Some((action, page)) = done.undelivered {
             let id = saved.enqueue(action, page);
             if let Some(p) = saved.pending_pages.iter_mut().find(|p| p.id == id) {
@@ -251,7 +278,7 @@ fn effect_task(
     let host = config.watchdog.hostname.clone();
     enum Job {
         Remedy(String, ActionSpec, Context),
-        Page(String, crate::config::WebhookAction, Page),
+        Page(String, ActionSpec, Page),
     }
     let job = match crate::events::log_decision(effect)? {
         Work::Remedy {
@@ -275,9 +302,10 @@ fn effect_task(
             summary,
             incident,
         } => {
-            let Some(ActionSpec::Webhook(spec)) = config.actions.get(&pager) else {
-                return None;
-            };
+            let spec = config
+                .actions
+                .get(&pager)
+                .filter(|a| a.role() == crate::rules::Role::Page)?;
             Job::Page(
                 pager,
                 spec.clone(),
@@ -295,6 +323,7 @@ fn effect_task(
                     line: format!("{action}: dry run, not run"),
                     remedy: Some((action, "dry run")),
                     undelivered: None,
+                    delivered: None,
                 }
             }
             Job::Remedy(action, spec, ctx) => {
@@ -310,6 +339,7 @@ fn effect_task(
                     line,
                     remedy: Some((action, outcome)),
                     undelivered: None,
+                    delivered: None,
                 }
             }
             Job::Page(pager, _, page) if dry_run => {
@@ -319,30 +349,64 @@ fn effect_task(
                     line: format!("page {pager}: dry run, not sent"),
                     remedy: None,
                     undelivered: None,
+                    delivered: None,
                 }
             }
-            Job::Page(pager, spec, page) => match webhook::deliver(&client, &spec, &page).await {
-                Ok(()) => {
-                    tracing::info!(probe = %page.probe, action = %pager, event = ?page.event, "page delivered");
-                    Done {
-                        probe,
-                        line: format!("page {pager} ({:?}): delivered", page.event),
-                        remedy: None,
-                        undelivered: None,
+            Job::Page(pager, spec, page) => {
+                match pager::deliver(&client, &spec, std::slice::from_ref(&page)).await {
+                    Ok(()) => {
+                        tracing::info!(probe = %page.probe, action = %pager, event = ?page.event, "page delivered");
+                        Done {
+                            probe,
+                            line: format!("page {pager} ({:?}): delivered", page.event),
+                            remedy: None,
+                            undelivered: None,
+                            delivered: Some((pager, page)),
+                        }
+                    }
+                    Err(Failure::Reject(e)) => {
+                        tracing::error!(probe = %page.probe, action = %pager, error = %e, "page refused by the receiver: dropped, not retried");
+                        Done {
+                            probe,
+                            line: format!("page {pager}: refused ({e}), dropped"),
+                            remedy: None,
+                            undelivered: None,
+                            delivered: None,
+                        }
+                    }
+                    Err(Failure::Retry(e)) => {
+                        tracing::warn!(probe = %page.probe, action = %pager, error = %e, "page delivery failed; kept for the next run");
+                        Done {
+                            probe,
+                            line: format!("page {pager}: failed ({e}), kept for the next run"),
+                            remedy: None,
+                            undelivered: Some((pager, page)),
+                            delivered: None,
+                        }
                     }
                 }
-                Err(e) => {
-                    tracing::warn!(probe = %page.probe, action = %pager, error = %e, "page delivery failed; kept for the next run");
-                    Done {
-                        probe,
-                        line: format!("page {pager}: failed ({e}), kept for the next run"),
-                        remedy: None,
-                        undelivered: Some((pager, page)),
-                    }
-                }
-            },
+            }
         }
     })
+}
+
+/// Re-posts the Alertmanager alerts still open, one attempt each: without it Alertmanager
+/// resolves them after its `resolve_timeout` when runs are further apart than that.
+async fn refresh_alertmanager(config: &Config, client: &reqwest::Client, open: &[PendingPage]) {
+    let mut tasks = JoinSet::new();
+    for o in open {
+        let Some(spec @ ActionSpec::Alertmanager(_)) = config.actions.get(&o.action).cloned()
+        else {
+            continue;
+        };
+        let (client, o) = (client.clone(), o.clone());
+        tasks.spawn(async move {
+            if let Err(e) = pager::deliver(&client, &spec, std::slice::from_ref(&o.page)).await {
+                tracing::warn!(action = %o.action, probe = %o.page.probe, error = %e, "alert refresh failed");
+            }
+        });
+    }
+    while tasks.join_next().await.is_some() {}
 }
 
 /// Pages left undelivered by earlier runs, tried once more each, concurrently.
@@ -351,36 +415,53 @@ async fn retry_pending(
     client: &reqwest::Client,
     pending: Vec<PendingPage>,
     dry_run: bool,
+    open: &mut Vec<PendingPage>,
 ) -> Vec<PendingPage> {
     if dry_run {
         return pending;
     }
     let mut tasks = JoinSet::new();
     for mut p in pending {
-        let Some(ActionSpec::Webhook(spec)) = config.actions.get(&p.action).cloned() else {
-            tracing::error!(action = %p.action, probe = %p.page.probe, "dropping a pending page: its webhook action is no longer configured");
+        let Some(spec) = config
+            .actions
+            .get(&p.action)
+            .filter(|a| a.role() == crate::rules::Role::Page)
+            .cloned()
+        else {
+            tracing::error!(action = %p.action, probe = %p.page.probe, "dropping a pending page: its pager action is no longer configured");
             continue;
         };
         let client = client.clone();
         tasks.spawn(async move {
-            match webhook::deliver(&client, &spec, &p.page).await {
+            match pager::deliver(&client, &spec, std::slice::from_ref(&p.page)).await {
                 Ok(()) => {
                     tracing::info!(action = %p.action, probe = %p.page.probe, attempts = p.attempts + 1, "pending page delivered");
-                    None
+                    Err(p)
                 }
-                Err(e) => {
+                Err(Failure::Reject(e)) => {
+                    tracing::error!(action = %p.action, probe = %p.page.probe, error = %e, "pending page refused by the receiver: dropped, not retried");
+                    Ok(None)
+                }
+                Err(Failure::Retry(e)) => {
                     p.attempts += 1;
                     tracing::warn!(action = %p.action, probe = %p.page.probe, attempts = p.attempts, error = %e, "pending page still undelivered");
-                    Some(p)
+                    Ok(Some(p))
                 }
             }
         });
     }
-    let mut left = Vec::new();
+    let (mut left, mut delivered) = (Vec::new(), Vec::new());
     while let Some(joined) = tasks.join_next().await {
-        if let Ok(Some(p)) = joined {
-            left.push(p);
+        match joined {
+            Ok(Ok(Some(p))) => left.push(p),
+            Ok(Err(p)) => delivered.push(p),
+            _ => {}
         }
+    }
+    // Delivered pages open or close an incident's entry, in the order they were paged.
+    delivered.sort_by_key(|p| p.id);
+    for p in delivered {
+        pager::track_open(open, p);
     }
     left
 }

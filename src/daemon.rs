@@ -37,10 +37,11 @@ use tokio::sync::{Semaphore, mpsc, watch};
 use tokio::task::{JoinHandle, JoinSet};
 use tokio::time::{Instant, MissedTickBehavior};
 
-use crate::action::webhook::{Page, Pager};
+use crate::action::pager::{Ack, Pager};
+use crate::action::webhook::Page;
 use crate::action::{self, Context};
 use crate::clock;
-use crate::config::{self, ActionSpec, Config};
+use crate::config::{self, Config};
 use crate::events::Work;
 use crate::health::State;
 use crate::notify::Notifier;
@@ -140,7 +141,7 @@ struct Daemon {
     pagers: BTreeMap<String, PagerTask>,
     pager_handles: Vec<JoinHandle<()>>,
     page_client: reqwest::Client,
-    delivered_tx: mpsc::UnboundedSender<u64>,
+    delivered_tx: mpsc::UnboundedSender<Ack>,
     pagers_stop: watch::Sender<bool>,
     remedy_locks: BTreeMap<String, Arc<tokio::sync::Mutex<()>>>,
     remedy_tasks: JoinSet<()>,
@@ -178,7 +179,7 @@ pub async fn run(
         .retain_probes(|name| config.probe(name).is_some());
 
     let (events_tx, mut events_rx) = mpsc::channel::<Event>(1024);
-    let (delivered_tx, mut delivered_rx) = mpsc::unbounded_channel::<u64>();
+    let (delivered_tx, mut delivered_rx) = mpsc::unbounded_channel::<Ack>();
     let durable_up_to = saved.next_page_id;
     let mut daemon = Daemon {
         in_flight: Arc::new(Semaphore::new(config.watchdog.max_in_flight)),
@@ -278,7 +279,7 @@ pub async fn run(
             _ = &mut shutdown => break,
             Some(()) = reloads.recv() => daemon.reload(),
             Some(event) = events_rx.recv() => daemon.handle(event),
-            Some(id) = delivered_rx.recv() => daemon.delivered(id),
+            Some(ack) = delivered_rx.recv() => daemon.delivered(ack),
             Some(control) = control_rx.recv() => daemon.control(control),
             Some(_) = daemon.remedy_tasks.join_next(), if !daemon.remedy_tasks.is_empty() => {}
             _ = housekeeping.tick() => daemon.housekeeping(),
@@ -320,8 +321,8 @@ pub async fn run(
     for handle in std::mem::take(&mut daemon.pager_handles) {
         let _ = tokio::time::timeout_at(deadline, handle).await;
     }
-    while let Ok(id) = delivered_rx.try_recv() {
-        daemon.delivered(id);
+    while let Ok(ack) = delivered_rx.try_recv() {
+        daemon.delivered(ack);
     }
     let bytes = state::encode(&daemon.state);
     let dir = daemon.config.watchdog.state_dir.clone();
@@ -593,13 +594,27 @@ impl Daemon {
         self.dispatched_up_to = self.dispatched_up_to.max(self.durable_up_to);
     }
 
-    fn delivered(&mut self, id: u64) {
-        if let Some(p) = self.state.pending_pages.iter().find(|p| p.id == id) {
-            let line = format!("page {} ({:?}): delivered", p.action, p.page.event);
-            self.last_actions.insert(p.page.probe.clone(), line);
+    fn delivered(&mut self, ack: Ack) {
+        let Some(p) = self.state.pending_pages.iter().find(|p| p.id == ack.id) else {
+            return;
+        };
+        let kind = self
+            .config
+            .actions
+            .get(&p.action)
+            .map_or("pager", |a| a.kind());
+        let outcome = if ack.delivered {
+            "delivered"
+        } else {
+            "refused"
+        };
+        let line = format!("page {} ({:?}): {outcome}", p.action, p.page.event);
+        self.last_actions.insert(p.page.probe.clone(), line);
+        self.metrics.action(kind, outcome);
+        if ack.delivered {
+            crate::action::pager::track_open(&mut self.state.open_pages, p.clone());
         }
-        self.metrics.action("webhook", "delivered");
-        self.state.pending_pages.retain(|p| p.id != id);
+        self.state.pending_pages.retain(|p| p.id != ack.id);
         self.dirty = true;
     }
 
@@ -795,8 +810,8 @@ impl Daemon {
 
         // Pagers first: pages of removed probes are resolved through them.
         for (name, spec) in &new.actions {
-            if let ActionSpec::Webhook(w) = spec {
-                let fingerprint = format!("{w:?}");
+            if spec.role() == crate::rules::Role::Page {
+                let fingerprint = format!("{spec:?}");
                 if self
                     .pagers
                     .get(name)
@@ -806,11 +821,15 @@ impl Daemon {
                 }
                 let (pager, handle) = Pager::spawn(
                     name.clone(),
-                    w.clone(),
+                    spec.clone(),
                     self.page_client.clone(),
                     self.pagers_stop.subscribe(),
                     self.delivered_tx.clone(),
                 );
+                // Reminders and refreshes of incidents still open go on.
+                for open in self.state.open_pages.iter().filter(|o| &o.action == name) {
+                    pager.remember(open.page.clone());
+                }
                 self.pagers
                     .insert(name.clone(), PagerTask { fingerprint, pager });
                 self.pager_handles.push(handle);
@@ -836,8 +855,18 @@ impl Daemon {
                 }
             }
         }
-        self.pagers
-            .retain(|name, _| matches!(new.actions.get(name), Some(ActionSpec::Webhook(_))));
+        self.pagers.retain(|name, _| {
+            new.actions
+                .get(name)
+                .is_some_and(|a| a.role() == crate::rules::Role::Page)
+        });
+        self.state.open_pages.retain(|o| {
+            new.probe(&o.page.probe).is_some()
+                && new
+                    .actions
+                    .get(&o.action)
+                    .is_some_and(|a| a.role() == crate::rules::Role::Page)
+        });
 
         for spec in &new.probes {
             let fingerprint = format!("{spec:?}");

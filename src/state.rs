@@ -45,6 +45,11 @@ pub struct SavedState {
     pub pending_pages: Vec<PendingPage>,
     #[serde(default)]
     pub next_page_id: u64,
+    /// Firing pages delivered whose incident is still open, by pager: reminders and
+    /// Alertmanager refreshes resume from here after a restart (`crate::action::pager`). Not
+    /// carried across a reboot, like the incidents they belong to.
+    #[serde(default)]
+    pub open_pages: Vec<PendingPage>,
     /// What probes remember between runs (counters for rates and OOM kills), by probe name.
     #[serde(default)]
     pub baselines: std::collections::BTreeMap<String, serde_json::Value>,

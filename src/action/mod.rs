@@ -2,12 +2,17 @@
 //!
 //! - `command`: run an argv (never a shell) with the incident in its environment;
 //! - `signal`: signal the process in a pidfile, escalate to SIGKILL, start it again;
-//! - `webhook`: POST the incident as JSON, again when it resolves.
+//! - `webhook`: POST the incident as JSON (or Slack's text), again when it resolves;
+//! - `alertmanager`, `pagerduty`, `email`: the same pages through those receivers.
 //!
 //! Remedies ([`run_remedy`]) run in their own tasks and report back; pages go through
-//! [`webhook::Pager`]s, queues with retries that never block probing.
+//! [`pager::Pager`]s, queues with retries, reminders and digests that never block probing.
 
+pub mod alertmanager;
 pub mod command;
+pub mod email;
+pub mod pager;
+pub mod pagerduty;
 pub mod signal;
 pub mod webhook;
 
@@ -50,6 +55,9 @@ pub async fn run_remedy(spec: &ActionSpec, ctx: &Context) -> Result<String, Stri
     match spec {
         ActionSpec::Command(c) => command::run_steps(&c.steps, &ctx.env(), c.timeout).await,
         ActionSpec::Signal(s) => signal::run(s, &ctx.env()).await,
-        ActionSpec::Webhook(_) => Err("a webhook is a pager, not a remedy".into()),
+        ActionSpec::Webhook(_)
+        | ActionSpec::Alertmanager(_)
+        | ActionSpec::PagerDuty(_)
+        | ActionSpec::Email(_) => Err(format!("a {} action is a pager, not a remedy", spec.kind())),
     }
 }

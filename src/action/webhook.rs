@@ -1,18 +1,17 @@
 //! `kind = "webhook"`: the incident as JSON, POSTed when it fires, when the watchdog gives up,
-//! and when it resolves.
+//! and when it resolves; or, with `format = "slack"`, a `{"text": ...}` body for chat webhooks.
 //!
-//! [`deliver`] is one attempt with a timeout. [`Pager`] is the daemon's queue per webhook: a
-//! task that delivers pages in order, retrying with backoff, so a slow or dead receiver never
-//! delays a probe. (Pages still queued when the daemon stops are logged; a durable outbox that
-//! survives restarts is a later piece of work.)
+//! [`Page`] is what every pager kind is handed (the JSON body is its public form). [`deliver`]
+//! is one attempt with a timeout; [`send`] is this kind's entry for `super::pager`, the queue
+//! task every pager kind shares.
 
 use std::time::{Duration, SystemTime};
 
 use serde::Serialize;
-use tokio::sync::mpsc;
 
+use super::pager::{Failure, render};
 use crate::clock::Timestamp;
-use crate::config::WebhookAction;
+use crate::config::{WebhookAction, WebhookFormat};
 use crate::rules::{IncidentView, PageEvent};
 
 /// The JSON body. Field names are a public contract: documented in README.md.
@@ -31,6 +30,14 @@ pub struct Page {
     pub down_seconds: u64,
     pub actions_taken: Vec<String>,
     pub sent_by: String,
+    /// The how-manyth reminder of an open incident this is (`remind_every`); absent (0) on the
+    /// page that opened it, so the documented body is unchanged.
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub reminder: u32,
+}
+
+fn is_zero(n: &u32) -> bool {
+    *n == 0
 }
 
 impl Page {
@@ -57,6 +64,7 @@ impl Page {
             down_seconds: down.as_secs(),
             actions_taken: incident.actions_taken.clone(),
             sent_by: concat!("uptime-watchdog ", env!("CARGO_PKG_VERSION")).to_string(),
+            reminder: 0,
         }
     }
 }
@@ -79,64 +87,41 @@ pub async fn deliver(
     }
 }
 
+/// This kind's delivery for the pager queue: JSON, one page per body; or Slack's text, where
+/// several pages (a digest) make one message.
+pub async fn send(
+    client: &reqwest::Client,
+    spec: &WebhookAction,
+    pages: &[Page],
+) -> Result<(), Failure> {
+    match spec.format {
+        WebhookFormat::Json => {
+            for page in pages {
+                deliver(client, spec, page).await.map_err(Failure::Retry)?;
+            }
+            Ok(())
+        }
+        WebhookFormat::Slack => {
+            let (title, body) = render(pages);
+            let text = format!("*{title}*\n{body}");
+            let mut req = client
+                .post(&spec.url)
+                .timeout(spec.timeout)
+                .json(&serde_json::json!({ "text": text }));
+            if let Some(token) = &spec.token {
+                let token = token.resolve().map_err(Failure::Retry)?;
+                req = req.bearer_auth(token.expose());
+            }
+            match req.send().await {
+                Ok(r) if r.status().is_success() => Ok(()),
+                Ok(r) => Err(Failure::Retry(format!("HTTP {}", r.status().as_u16()))),
+                Err(e) => Err(Failure::Retry(crate::probe::root_cause(&e))),
+            }
+        }
+    }
+}
+
 /// Backoff between attempts: 1 s, 2 s, 4 s ... capped at 5 min.
 pub fn backoff(attempt: u32) -> Duration {
     Duration::from_secs(1u64 << attempt.min(9)).min(Duration::from_secs(300))
-}
-
-/// The daemon's queue for one webhook. Pages carry the outbox id they were stored under; the
-/// delivery task reports each id back on `delivered` once the receiver acknowledged it, so the
-/// outbox can forget it.
-#[derive(Debug, Clone)]
-pub struct Pager {
-    tx: mpsc::UnboundedSender<(u64, Page)>,
-}
-
-impl Pager {
-    /// Starts the delivery task. It ends when every `Pager` clone is dropped and the queue is
-    /// empty, or when `stop` fires (what it could not deliver stays in the outbox for the next
-    /// start).
-    pub fn spawn(
-        name: String,
-        spec: WebhookAction,
-        client: reqwest::Client,
-        mut stop: tokio::sync::watch::Receiver<bool>,
-        delivered: mpsc::UnboundedSender<u64>,
-    ) -> (Pager, tokio::task::JoinHandle<()>) {
-        let (tx, mut rx) = mpsc::unbounded_channel::<(u64, Page)>();
-        let task = tokio::spawn(async move {
-            while let Some((id, page)) = rx.recv().await {
-                let mut attempt = 0u32;
-                loop {
-                    match deliver(&client, &spec, &page).await {
-                        Ok(()) => {
-                            tracing::info!(action = %name, probe = %page.probe, event = ?page.event, attempts = attempt + 1, "page delivered");
-                            let _ = delivered.send(id);
-                            break;
-                        }
-                        Err(e) => {
-                            let wait = backoff(attempt);
-                            tracing::warn!(action = %name, probe = %page.probe, event = ?page.event, error = %e, retry_in = ?wait, "page delivery failed");
-                            attempt += 1;
-                            tokio::select! {
-                                _ = tokio::time::sleep(wait) => {}
-                                _ = stop.wait_for(|s| *s) => {
-                                    let mut left = 1;
-                                    while rx.try_recv().is_ok() { left += 1; }
-                                    tracing::warn!(action = %name, pages = left, "stopping with undelivered pages; they stay in the outbox");
-                                    return;
-                                }
-                            }
-                        }
-                    }
-                }
-            }
-        });
-        (Pager { tx }, task)
-    }
-
-    pub fn send(&self, id: u64, page: Page) {
-        // The task only ends after every sender is gone, so this cannot fail while we hold one.
-        let _ = self.tx.send((id, page));
-    }
 }

@@ -22,6 +22,8 @@ use super::{
 use crate::health::{HealthPolicy, Window};
 use crate::rules::{ActionRef, Budget, ProbeRules, Rule, Trigger};
 
+mod pagers;
+
 /// One deserialized item and the byte offset of its table.
 pub struct Item<T> {
     pub value: T,
@@ -1109,6 +1111,7 @@ fn check_action(ctx: &mut Ctx<'_>, a: &raw::Action) -> Option<ActionSpec> {
             // `start` is shared with the signal kind; here it pairs with `stop`, monit-style.
             ctx.not_for_kind(kind, &signal_keys[..3]);
             ctx.not_for_kind(kind, &webhook_keys);
+            pagers::reject_foreign_keys(ctx, kind, a);
             let timeout = ctx
                 .positive_duration("timeout", &a.timeout)
                 .unwrap_or(CommandAction::DEFAULT_TIMEOUT);
@@ -1146,6 +1149,7 @@ fn check_action(ctx: &mut Ctx<'_>, a: &raw::Action) -> Option<ActionSpec> {
         "signal" => {
             ctx.not_for_kind(kind, &command_keys);
             ctx.not_for_kind(kind, &webhook_keys);
+            pagers::reject_foreign_keys(ctx, kind, a);
             let Some(pidfile) = &a.pidfile else {
                 ctx.error(a.kind.span().start, "a signal action needs `pidfile`");
                 return None;
@@ -1195,6 +1199,7 @@ fn check_action(ctx: &mut Ctx<'_>, a: &raw::Action) -> Option<ActionSpec> {
         "webhook" => {
             ctx.not_for_kind(kind, &command_keys);
             ctx.not_for_kind(kind, &signal_keys);
+            let (format, paging) = pagers::webhook_extras(ctx, a);
             let timeout = ctx
                 .positive_duration("timeout", &a.timeout)
                 .unwrap_or(WebhookAction::DEFAULT_TIMEOUT);
@@ -1229,16 +1234,36 @@ fn check_action(ctx: &mut Ctx<'_>, a: &raw::Action) -> Option<ActionSpec> {
                 url: url.get_ref().clone(),
                 token,
                 timeout,
+                format,
+                paging,
             }))
         }
+        "alertmanager" | "pagerduty" | "email" => {
+            ctx.not_for_kind(kind, &command_keys);
+            ctx.not_for_kind(kind, &signal_keys);
+            if kind != "email" && a.token.is_some() {
+                ctx.not_for_kind(kind, &webhook_keys[1..]);
+            }
+            pagers::check(ctx, kind, a)
+        }
         other => {
-            let hint = closest(other, &["command", "signal", "webhook"])
-                .map(|s| format!(" (did you mean \"{s}\"?)"))
-                .unwrap_or_default();
+            let hint = closest(
+                other,
+                &[
+                    "command",
+                    "signal",
+                    "webhook",
+                    "alertmanager",
+                    "pagerduty",
+                    "email",
+                ],
+            )
+            .map(|s| format!(" (did you mean \"{s}\"?)"))
+            .unwrap_or_default();
             ctx.error(
                 a.kind.span().start,
                 format!(
-                    "unknown action kind \"{other}\"{hint}; known kinds: command, signal, webhook"
+                    "unknown action kind \"{other}\"{hint}; known kinds: command, signal, webhook, alertmanager, pagerduty, email"
                 ),
             );
             None

@@ -14,6 +14,7 @@
 mod check;
 pub mod diagnostic;
 mod load;
+pub mod pagers;
 pub mod raw;
 pub mod secret;
 
@@ -23,6 +24,9 @@ use std::time::Duration;
 
 pub use diagnostic::{Diagnostic, Diagnostics, Severity};
 pub use load::load;
+pub use pagers::{
+    AlertmanagerAction, EmailAction, PagerDutyAction, Paging, SmtpTls, WebhookFormat,
+};
 pub use secret::SecretRef;
 
 use crate::rules::{ProbeRules, Role};
@@ -319,6 +323,9 @@ pub enum ActionSpec {
     Command(CommandAction),
     Signal(SignalAction),
     Webhook(WebhookAction),
+    Alertmanager(AlertmanagerAction),
+    PagerDuty(PagerDutyAction),
+    Email(EmailAction),
 }
 
 impl ActionSpec {
@@ -327,13 +334,29 @@ impl ActionSpec {
             ActionSpec::Command(_) => "command",
             ActionSpec::Signal(_) => "signal",
             ActionSpec::Webhook(_) => "webhook",
+            ActionSpec::Alertmanager(_) => "alertmanager",
+            ActionSpec::PagerDuty(_) => "pagerduty",
+            ActionSpec::Email(_) => "email",
         }
     }
 
     pub fn role(&self) -> Role {
         match self {
             ActionSpec::Command(_) | ActionSpec::Signal(_) => Role::Remedy,
-            ActionSpec::Webhook(_) => Role::Page,
+            ActionSpec::Webhook(_)
+            | ActionSpec::Alertmanager(_)
+            | ActionSpec::PagerDuty(_)
+            | ActionSpec::Email(_) => Role::Page,
+        }
+    }
+
+    /// Reminders and digests of a pager (none for a remedy, nor for the kinds that group and
+    /// repeat by themselves: Alertmanager, PagerDuty).
+    pub fn paging(&self) -> Paging {
+        match self {
+            ActionSpec::Webhook(w) => w.paging.clone(),
+            ActionSpec::Email(e) => e.paging.clone(),
+            _ => Paging::default(),
         }
     }
 }
@@ -374,6 +397,8 @@ pub struct WebhookAction {
     pub token: Option<SecretRef>,
     /// Per attempt.
     pub timeout: Duration,
+    pub format: WebhookFormat,
+    pub paging: Paging,
 }
 
 impl WebhookAction {

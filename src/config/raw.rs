@@ -161,4 +161,24 @@ pub struct Action {
     // webhook
     pub url: Option<Text>,
     pub token: Option<Text>,
+    /// `"json"` (default) or `"slack"`.
+    pub format: Option<Text>,
+
+    // every pager (checked per kind in `super::check::pagers`)
+    pub remind_every: Option<Text>,
+    pub digest_window: Option<Text>,
+    // alertmanager and pagerduty (`url` too)
+    pub severity: Option<Text>,
+    pub refresh_every: Option<Text>,
+    pub runbook: Option<Text>,
+    pub generator_url: Option<Text>,
+    pub routing_key: Option<Text>,
+    // email
+    pub server: Option<Text>,
+    pub tls: Option<Text>,
+    pub user: Option<Text>,
+    pub password: Option<Text>,
+    pub ca_file: Option<Text>,
+    pub from: Option<Text>,
+    pub to: Option<Spanned<Vec<Text>>>,
 }
