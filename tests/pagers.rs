@@ -561,3 +561,463 @@ fn outbox_survives_kill_9_with_the_receiver_down_one_trigger_one_resolve_in_orde
     assert_eq!(wd.stop(), Some(0));
     assert!(pending_pages(&state).is_empty());
 }
+
+// ---------------------------------------------------------------------------------------------
+// Email
+
+/// A real SMTP server: Debian's aiosmtpd, requiring AUTH (and STARTTLS when given a
+/// certificate), writing each mail it accepts as a JSON line.
+struct Smtp {
+    port: u16,
+    mails: PathBuf,
+    _proc: Proc,
+}
+
+const SMTP_SERVER: &str = r#"
+import json, ssl, sys, time
+from aiosmtpd.controller import Controller
+from aiosmtpd.smtp import AuthResult, LoginPassword
+
+port, out, user, password, cert, key = sys.argv[1:7]
+
+class Handler:
+    async def handle_DATA(self, server, session, envelope):
+        with open(out, "a") as f:
+            f.write(json.dumps({
+                "from": envelope.mail_from, "to": envelope.rcpt_tos,
+                "data": envelope.content.decode("utf8", "replace"),
+                "tls": session.ssl is not None, "authenticated": bool(session.authenticated),
+            }) + "\n")
+        return "250 OK"
+
+def authenticate(server, session, envelope, mechanism, auth_data):
+    ok = isinstance(auth_data, LoginPassword) and auth_data.login == user.encode() \
+        and auth_data.password == password.encode()
+    return AuthResult(success=ok, handled=False)
+
+tls = None
+if cert != "-":
+    tls = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    tls.load_cert_chain(cert, key)
+controller = Controller(Handler(), hostname="127.0.0.1", port=int(port),
+    authenticator=authenticate, auth_required=True, auth_require_tls=tls is not None,
+    tls_context=tls, require_starttls=tls is not None)
+controller.start()
+print("ready", flush=True)
+while True:
+    time.sleep(3600)
+"#;
+
+impl Smtp {
+    /// `tls`: (certificate, key) PEM files for STARTTLS.
+    fn start(dir: &Path, user: &str, password: &str, tls: Option<(&Path, &Path)>) -> Smtp {
+        // Debian's python3 (where python3-aiosmtpd lives), not one first in PATH.
+        let python = Path::new("/usr/bin/python3");
+        let has_aiosmtpd = python.exists()
+            && Command::new(python)
+                .args(["-c", "import aiosmtpd"])
+                .status()
+                .is_ok_and(|s| s.success());
+        assert!(
+            has_aiosmtpd,
+            "/usr/bin/python3 with aiosmtpd is missing: `apt-get install python3-aiosmtpd` (.ci/run installs it)"
+        );
+        let script = dir.join("smtp_server.py");
+        std::fs::write(&script, SMTP_SERVER).unwrap();
+        let port = free_port();
+        let mails = dir.join("mails.jsonl");
+        let (cert, key) = tls.map_or(("-".into(), "-".into()), |(c, k)| {
+            (c.display().to_string(), k.display().to_string())
+        });
+        let log = dir.join("smtp.log");
+        let mut child = Command::new(python)
+            .arg(&script)
+            .args([&port.to_string(), mails.to_str().unwrap(), user, password])
+            .args([&cert, &key])
+            .stdout(Stdio::piped())
+            .stderr(std::fs::File::create(&log).unwrap())
+            .spawn()
+            .unwrap();
+        let mut line = String::new();
+        let _ = BufReader::new(child.stdout.take().unwrap()).read_line(&mut line);
+        assert_eq!(
+            line.trim(),
+            "ready",
+            "the SMTP server did not start:\n{}",
+            std::fs::read_to_string(&log).unwrap_or_default()
+        );
+        Smtp {
+            port,
+            mails,
+            _proc: Proc(child),
+        }
+    }
+
+    fn mails(&self) -> Vec<serde_json::Value> {
+        std::fs::read_to_string(&self.mails)
+            .unwrap_or_default()
+            .lines()
+            .filter_map(|l| serde_json::from_str(l).ok())
+            .collect()
+    }
+
+    fn subjects(&self) -> Vec<String> {
+        self.mails()
+            .iter()
+            .filter_map(|m| {
+                m["data"]
+                    .as_str()?
+                    .lines()
+                    .find_map(|l| l.strip_prefix("Subject: "))
+                    .map(str::to_string)
+            })
+            .collect()
+    }
+}
+
+fn email_pager(smtp: &Smtp, password_file: &Path, tls: &str, ca: Option<&Path>) -> String {
+    let ca = ca.map_or(String::new(), |c| {
+        format!("ca_file = \"{}\"\n", c.display())
+    });
+    format!(
+        "kind = \"email\"\nserver = \"127.0.0.1:{}\"\ntls = \"{tls}\"\n{ca}user = \"watchdog\"\npassword = \"file:{}\"\nfrom = \"Watchdog <watchdog@web-1.example>\"\nto = [\"oncall@example.com\", \"ops@example.com\"]\ntimeout = \"5s\"\n",
+        smtp.port,
+        password_file.display()
+    )
+}
+
+/// Fires and resolves by mail; returns (fault -> firing mail, recovery -> resolved mail).
+fn fire_and_resolve_by_mail(dir: &TempDir, smtp: &Smtp, pager: &str) -> (Duration, Duration) {
+    let apache = FakeApache::start(dir.path(), "healthy");
+    let cfg = dir.write("watchdog.toml", &config(&apache, pager));
+    let wd = Watchdog::run(&cfg, dir.path());
+    assert!(wait_until(Duration::from_secs(10), || wd.has("state changed")));
+    let t0 = Instant::now();
+    apache.set_mode("status:503");
+    assert!(
+        wait_until(Duration::from_secs(15), || smtp.mails().len() == 1),
+        "{}",
+        wd.log_text()
+    );
+    let firing = t0.elapsed();
+    let t1 = Instant::now();
+    apache.set_mode("healthy");
+    assert!(
+        wait_until(Duration::from_secs(15), || smtp.mails().len() == 2),
+        "{}",
+        wd.log_text()
+    );
+    let resolved = t1.elapsed();
+    let subjects = smtp.subjects();
+    assert!(
+        subjects[0].starts_with("[watchdog] [FIRING] apache on web-1: apache is down"),
+        "{subjects:?}"
+    );
+    assert!(
+        subjects[1].starts_with("[watchdog] [RESOLVED] apache on web-1"),
+        "{subjects:?}"
+    );
+    let mail = &smtp.mails()[0];
+    assert_eq!(mail["from"], "watchdog@web-1.example");
+    assert_eq!(
+        mail["to"],
+        serde_json::json!(["oncall@example.com", "ops@example.com"])
+    );
+    assert_eq!(mail["authenticated"], true, "{mail}");
+    assert!(
+        mail["data"].as_str().unwrap().contains("incident: 1"),
+        "{mail}"
+    );
+    assert_eq!(wd.stop(), Some(0));
+    (firing, resolved)
+}
+
+#[test]
+fn email_over_plain_smtp_with_auth() {
+    let dir = TempDir::new("mail");
+    let smtp = Smtp::start(dir.path(), "watchdog", "s3cret", None);
+    let password = dir.write("smtp.password", "s3cret\n");
+    let (firing, resolved) =
+        fire_and_resolve_by_mail(&dir, &smtp, &email_pager(&smtp, &password, "none", None));
+    assert_eq!(smtp.mails()[0]["tls"], false);
+    eprintln!("email (plain + AUTH): fault -> mail {firing:?}; recovery -> mail {resolved:?}");
+}
+
+/// STARTTLS against a certificate signed by a CA made here, trusted through `ca_file` only.
+#[test]
+fn email_over_starttls_trusting_a_given_ca() {
+    let dir = TempDir::new("mailtls");
+    let d = dir.path();
+    let openssl = need("openssl", "openssl");
+    let run = |args: &[&str]| {
+        let out = Command::new(&openssl)
+            .args(args)
+            .current_dir(d)
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "openssl {args:?}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    };
+    run(&[
+        "req",
+        "-x509",
+        "-newkey",
+        "rsa:2048",
+        "-nodes",
+        "-keyout",
+        "ca.key",
+        "-out",
+        "ca.pem",
+        "-days",
+        "2",
+        "-subj",
+        "/CN=watchdog test CA",
+    ]);
+    run(&[
+        "req",
+        "-newkey",
+        "rsa:2048",
+        "-nodes",
+        "-keyout",
+        "srv.key",
+        "-out",
+        "srv.csr",
+        "-subj",
+        "/CN=127.0.0.1",
+    ]);
+    std::fs::write(
+        d.join("ext.cnf"),
+        "subjectAltName=IP:127.0.0.1,DNS:localhost\nbasicConstraints=CA:FALSE\n",
+    )
+    .unwrap();
+    run(&[
+        "x509",
+        "-req",
+        "-in",
+        "srv.csr",
+        "-CA",
+        "ca.pem",
+        "-CAkey",
+        "ca.key",
+        "-CAcreateserial",
+        "-out",
+        "srv.pem",
+        "-days",
+        "2",
+        "-extfile",
+        "ext.cnf",
+    ]);
+    let smtp = Smtp::start(
+        d,
+        "watchdog",
+        "s3cret",
+        Some((&d.join("srv.pem"), &d.join("srv.key"))),
+    );
+    let password = dir.write("smtp.password", "s3cret\n");
+    let pager = email_pager(&smtp, &password, "starttls", Some(&d.join("ca.pem")));
+    let (firing, resolved) = fire_and_resolve_by_mail(&dir, &smtp, &pager);
+    assert_eq!(smtp.mails()[0]["tls"], true);
+    eprintln!("email (STARTTLS + AUTH): fault -> mail {firing:?}; recovery -> mail {resolved:?}");
+}
+
+// ---------------------------------------------------------------------------------------------
+// Slack format, digests, reminders
+
+/// Three probes fail at once: one digest listing them, then a reminder per probe every
+/// `remind_every` while they stay down, then one digest of the three resolves; no reminder
+/// after that, and the outbox ends empty (every id of a digest acknowledged).
+#[test]
+fn slack_digest_of_a_storm_then_reminders_until_resolved() {
+    let dir = TempDir::new("digest");
+    let hook = Receiver::start(false);
+    let apache = FakeApache::start(dir.path(), "healthy");
+    let mut cfg = String::from(
+        "[watchdog]\nstate_dir = \"state\"\nhostname = \"web-1\"\n\n[defaults]\ninterval = \"300ms\"\ntimeout = \"250ms\"\nfail_after = 1\nrecover_after = 1\n\n",
+    );
+    for name in ["home", "login", "search"] {
+        cfg.push_str(&format!(
+            "[[probe]]\nname = \"{name}\"\nkind = \"http\"\nurl = \"{}\"\n\n[[rule]]\nprobe = \"{name}\"\nwhen = \"down\"\ndo = [\"chat\"]\n\n",
+            apache.url(&format!("/{name}"))
+        ));
+    }
+    cfg.push_str(&format!(
+        "[action.chat]\nkind = \"webhook\"\nformat = \"slack\"\nurl = \"{}\"\ndigest_window = \"1500ms\"\nremind_every = \"2s\"\n",
+        hook.url()
+    ));
+    let cfg = dir.write("watchdog.toml", &cfg);
+    let wd = Watchdog::run(&cfg, dir.path());
+    assert!(wait_until(Duration::from_secs(10), || wd
+        .messages("state changed")
+        .len()
+        == 3));
+    let texts = || -> Vec<String> {
+        hook.pages
+            .lock()
+            .unwrap()
+            .iter()
+            .map(|p| p["text"].as_str().unwrap_or("<no text>").to_string())
+            .collect()
+    };
+    let t0 = Instant::now();
+    apache.set_mode("status:503");
+    assert!(
+        wait_until(Duration::from_secs(15), || !texts().is_empty()),
+        "{}",
+        wd.log_text()
+    );
+    let digest_after = t0.elapsed();
+    let first = texts()[0].clone();
+    assert!(
+        first.starts_with("*[DIGEST] 3 pages from web-1*"),
+        "{first}"
+    );
+    for name in ["home", "login", "search"] {
+        assert!(
+            first.contains(&format!("[FIRING] {name} on web-1")),
+            "{first}"
+        );
+    }
+    let reminders = |texts: &[String]| {
+        texts
+            .iter()
+            .filter(|t| t.starts_with("*[REMINDER 1]"))
+            .count()
+    };
+    assert!(
+        wait_until(Duration::from_secs(10), || reminders(&texts()) == 3),
+        "{:?}",
+        texts()
+    );
+    assert!(
+        texts()
+            .iter()
+            .any(|t| t.contains("[REMINDER 1] login on web-1: still down after")),
+        "{:?}",
+        texts()
+    );
+    apache.set_mode("healthy");
+    let resolved = |texts: &[String]| {
+        texts
+            .iter()
+            .filter(|t| t.contains("[RESOLVED]"))
+            .cloned()
+            .collect::<Vec<_>>()
+    };
+    assert!(
+        wait_until(Duration::from_secs(10), || !resolved(&texts()).is_empty()),
+        "{:?}",
+        texts()
+    );
+    let resolves = resolved(&texts());
+    // Recoveries within the window come as one digest (the probes recover within 300 ms).
+    assert_eq!(resolves.len(), 1, "{resolves:?}");
+    assert!(resolves[0].starts_with("*[DIGEST] 3 pages"), "{resolves:?}");
+    let count = texts().len();
+    assert!(
+        !wait_until(Duration::from_secs(5), || texts().len() > count),
+        "a page after the resolve: {:?}",
+        texts()
+    );
+    assert_eq!(wd.stop(), Some(0));
+    assert!(pending_pages(&dir.path().join("state")).is_empty());
+    eprintln!("digest: fault -> digest of 3 at the receiver {digest_after:?}");
+}
+
+// ---------------------------------------------------------------------------------------------
+// `watchdog check` and `watchdog validate`
+
+/// `watchdog check` pages through a non-webhook kind: a trigger on the run that finds the
+/// probe down, a resolve with the same dedup_key on the run that finds it up.
+#[test]
+fn check_pages_through_pagerduty() {
+    let dir = TempDir::new("checkpd");
+    let pd = Scripted::start(&[202]);
+    let apache = FakeApache::start(dir.path(), "status:503");
+    let cfg = dir.write(
+        "watchdog.toml",
+        &config(
+            &apache,
+            &format!(
+                "kind = \"pagerduty\"\nurl = \"{}\"\nrouting_key = \"env:PATH\"\n",
+                pd.url()
+            ),
+        ),
+    );
+    let c = cfg.to_str().unwrap();
+    let (code, out, err) = common::watchdog(&["check", "-c", c]);
+    assert_eq!(code, 1, "{out}{err}");
+    assert!(out.contains("page pager (Firing): delivered"), "{out}{err}");
+    apache.set_mode("healthy");
+    let (code, out, err) = common::watchdog(&["check", "-c", c]);
+    assert_eq!(code, 0, "{out}{err}");
+    let actions: Vec<String> = pd
+        .requests()
+        .iter()
+        .map(|r| format!("{} {}", r.body["event_action"], r.body["dedup_key"]))
+        .collect();
+    assert_eq!(
+        actions,
+        [
+            "\"trigger\" \"web-1:apache:1\"",
+            "\"resolve\" \"web-1:apache:1\""
+        ]
+    );
+}
+
+/// Every mistake in pager actions is reported at once, at its line, with why.
+#[test]
+fn validate_reports_every_pager_mistake() {
+    let dir = TempDir::new("pvalidate");
+    let cfg = dir.write(
+        "watchdog.toml",
+        r#"[[probe]]
+name = "a"
+kind = "tcp"
+address = "127.0.0.1:1"
+
+[[rule]]
+probe = "a"
+when = "down"
+do = ["am", "pd", "mail", "hook"]
+
+[action.am]
+kind = "alertmanager"
+url = "http://127.0.0.1:9093"
+remind_every = "30m"
+
+[action.pd]
+kind = "pagerduty"
+severity = "urgent"
+
+[action.mail]
+kind = "email"
+server = "mail.example.com"
+from = "not an address"
+password = "hunter2"
+
+[action.hook]
+kind = "webhook"
+url = "http://127.0.0.1:1/hook"
+digest_window = "10s"
+format = "xml"
+"#,
+    );
+    let (code, out, err) = common::watchdog(&["validate", "-c", cfg.to_str().unwrap()]);
+    let text = format!("{out}{err}");
+    assert_eq!(code, 78, "{text}");
+    for expected in [
+        ":14:16: action \"am\": `remind_every` does not apply to kind \"alertmanager\": Alertmanager repeats notifications itself",
+        ":18:12: action \"pd\": `severity` \"urgent\" is not one PagerDuty accepts: critical, error, warning, info",
+        ":21:8: action \"mail\": an email action needs `to` ([\"oncall@example.com\", ...])",
+        ":23:8: action \"mail\": `from`: `not an address` is not a mail address",
+        ":24:12: action \"mail\": `password`: secrets are given by reference only",
+        "action \"mail\": `password` needs `user`",
+        ":30:10: action \"hook\": `format` \"xml\" is not known",
+        ":29:17: action \"hook\": `digest_window` needs `format = \"slack\"`",
+    ] {
+        assert!(text.contains(expected), "missing {expected:?} in:\n{text}");
+    }
+}

@@ -102,16 +102,9 @@ pub(super) fn webhook_extras(ctx: &mut Ctx<'_>, a: &raw::Action) -> (WebhookForm
     (format, paging)
 }
 
-fn http_url(
-    ctx: &mut Ctx<'_>,
-    kind: &str,
-    url: Option<&Text>,
-    default: Option<&str>,
-) -> Option<String> {
+fn http_url(ctx: &mut Ctx<'_>, url: Option<&Text>, default: Option<&str>) -> Option<String> {
+    // Missing and required is reported by the caller, at the item.
     let Some(url) = url else {
-        if default.is_none() {
-            ctx.error(0, format!("a {kind} action needs `url`"));
-        }
         return default.map(str::to_string);
     };
     match reqwest::Url::parse(url.get_ref()) {
@@ -154,9 +147,13 @@ fn nonempty(ctx: &mut Ctx<'_>, key: &str, text: Option<&Text>) -> Option<String>
 pub(super) fn check(ctx: &mut Ctx<'_>, kind: &str, a: &raw::Action) -> Option<ActionSpec> {
     reject_foreign_keys(ctx, kind, a);
     let item = a.kind.span().start;
-    // Position 0 from `http_url` means "missing": report it at the item instead.
-    let missing = |ctx: &mut Ctx<'_>, key: &str| {
-        ctx.error(item, format!("a {kind} action needs `{key}`"));
+    let article = if kind == "alertmanager" || kind == "email" {
+        "an"
+    } else {
+        "a"
+    };
+    let missing = |ctx: &mut Ctx<'_>, key: &str, hint: &str| {
+        ctx.error(item, format!("{article} {kind} action needs `{key}`{hint}"));
     };
     match kind {
         "alertmanager" => {
@@ -182,10 +179,14 @@ pub(super) fn check(ctx: &mut Ctx<'_>, kind: &str, a: &raw::Action) -> Option<Ac
                 );
             }
             if a.url.is_none() {
-                missing(ctx, "url");
+                missing(
+                    ctx,
+                    "url",
+                    " (Alertmanager's base URL, e.g. \"http://127.0.0.1:9093\")",
+                );
                 return None;
             }
-            let url = http_url(ctx, kind, a.url.as_ref(), None)?;
+            let url = http_url(ctx, a.url.as_ref(), None)?;
             Some(ActionSpec::Alertmanager(AlertmanagerAction {
                 url,
                 refresh_every,
@@ -217,16 +218,12 @@ pub(super) fn check(ctx: &mut Ctx<'_>, kind: &str, a: &raw::Action) -> Option<Ac
                     return None;
                 }
             };
-            let url = http_url(
-                ctx,
-                kind,
-                a.url.as_ref(),
-                Some(PagerDutyAction::DEFAULT_URL),
-            );
+            let url = http_url(ctx, a.url.as_ref(), Some(PagerDutyAction::DEFAULT_URL));
             if a.routing_key.is_none() {
                 missing(
                     ctx,
-                    "routing_key` (`env:NAME` or `file:/path`, the integration key",
+                    "routing_key",
+                    " (the integration key, as `env:NAME` or `file:/path`)",
                 );
                 return None;
             }
@@ -258,7 +255,7 @@ pub(super) fn check(ctx: &mut Ctx<'_>, kind: &str, a: &raw::Action) -> Option<Ac
             };
             let server = match &a.server {
                 None => {
-                    missing(ctx, "server` (\"host\" or \"host:port\"");
+                    missing(ctx, "server", " (\"host\" or \"host:port\")");
                     None
                 }
                 Some(s) => match parse_server(s.get_ref(), tls) {
@@ -298,11 +295,11 @@ pub(super) fn check(ctx: &mut Ctx<'_>, kind: &str, a: &raw::Action) -> Option<Ac
             }
             let from = check_address(ctx, "from", a.from.as_ref());
             if a.from.is_none() {
-                missing(ctx, "from");
+                missing(ctx, "from", "");
             }
             let to: Vec<String> = match &a.to {
                 None => {
-                    missing(ctx, "to` ([\"oncall@example.com\", ...]");
+                    missing(ctx, "to", " ([\"oncall@example.com\", ...])");
                     vec![]
                 }
                 Some(list) if list.get_ref().is_empty() => {
