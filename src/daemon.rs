@@ -10,7 +10,8 @@
 //!   waiting on any of them;
 //! - each **remedy** runs in a task of its own and reports back when it ends; two requests for
 //!   the same action never run at once (the second waits for the first and is then skipped);
-//! - each webhook has a **pager task** with a queue and retries;
+//! - each pager action (webhook, alertmanager, pagerduty, email) has a **pager task** with a
+//!   queue, retries, reminders and digests (`crate::action::pager`);
 //! - state is written on the blocking pool, so a slow or full disk delays no probe.
 //!
 //! Durability: the engine (counters, incidents, budgets) and the outbox live in

@@ -1021,3 +1021,80 @@ format = "xml"
         assert!(text.contains(expected), "missing {expected:?} in:\n{text}");
     }
 }
+
+/// Reminders are owed to incidents, not to a process: after a kill -9 the restarted daemon
+/// goes on reminding (from the open pages in its state) without paging "firing" again, and
+/// stops at the resolve. The JSON body keeps its contract: `reminder` only on reminders.
+#[test]
+fn reminders_go_on_after_kill_9_and_stop_at_the_resolve() {
+    let dir = TempDir::new("remind");
+    let hook = Receiver::start(false);
+    let apache = FakeApache::start(dir.path(), "healthy");
+    let cfg = dir.write(
+        "watchdog.toml",
+        &config(
+            &apache,
+            &format!(
+                "kind = \"webhook\"\nurl = \"{}\"\nremind_every = \"1s\"\n",
+                hook.url()
+            ),
+        ),
+    );
+    let pages = || hook.pages.lock().unwrap().clone();
+    let reminders = || {
+        pages()
+            .iter()
+            .filter(|p| p.get("reminder").is_some())
+            .count()
+    };
+    let wd = Watchdog::run(&cfg, dir.path());
+    assert!(wait_until(Duration::from_secs(10), || wd.has("state changed")));
+    apache.set_mode("status:503");
+    assert!(
+        wait_until(Duration::from_secs(10), || reminders() >= 1),
+        "{:?}\n{}",
+        pages(),
+        wd.log_text()
+    );
+    let first = pages()[0].clone();
+    assert_eq!(first["event"], "firing");
+    assert!(first.get("reminder").is_none(), "{first}");
+    wd.kill9();
+    let before = reminders();
+
+    let wd = Watchdog::run_logging_to(&cfg, &dir.path().join("second.log"));
+    assert!(
+        wait_until(Duration::from_secs(10), || reminders() > before),
+        "no reminder after the restart: {:?}\n{}",
+        pages(),
+        wd.log_text()
+    );
+    let last = pages().last().unwrap().clone();
+    assert_eq!(last["event"], "firing");
+    assert_eq!(last["incident"], 1);
+    assert!(
+        last["summary"]
+            .as_str()
+            .unwrap()
+            .starts_with("still down after"),
+        "{last}"
+    );
+    let firing_pages = pages()
+        .iter()
+        .filter(|p| p["event"] == "firing" && p.get("reminder").is_none())
+        .count();
+    assert_eq!(firing_pages, 1, "{:?}", pages());
+    apache.set_mode("healthy");
+    assert!(
+        wait_until(Duration::from_secs(10), || hook.count("resolved") == 1),
+        "{:?}",
+        pages()
+    );
+    let after = reminders();
+    assert!(
+        !wait_until(Duration::from_secs(3), || reminders() > after),
+        "a reminder after the resolve: {:?}",
+        pages()
+    );
+    assert_eq!(wd.stop(), Some(0));
+}

@@ -393,7 +393,14 @@ impl Queue {
             if let Repeat::Remind(_) = repeat {
                 open.reminders += 1;
                 page.reminder = open.reminders;
-                let down = page.down_seconds + open.first_sent.elapsed().as_secs();
+                // From the incident's start (kept in the page), so it is right after a restart.
+                let down = humantime::parse_rfc3339(&page.since)
+                    .ok()
+                    .and_then(|since| std::time::SystemTime::now().duration_since(since).ok())
+                    .map_or(
+                        page.down_seconds + open.first_sent.elapsed().as_secs(),
+                        |d| d.as_secs(),
+                    );
                 page.down_seconds = down;
                 page.summary = format!(
                     "still {} after {}: {}",
@@ -487,6 +494,25 @@ mod tests {
         assert!(
             matches!(http_status(S::BAD_REQUEST, "bad key"), Err(Failure::Reject(e)) if e.contains("bad key"))
         );
+    }
+
+    #[test]
+    fn open_pages_open_on_firing_and_close_on_resolve() {
+        let pending = |action: &str, probe: &str, event| crate::state::PendingPage {
+            id: 0,
+            action: action.into(),
+            page: page(probe, event),
+            attempts: 0,
+        };
+        let mut open = Vec::new();
+        track_open(&mut open, pending("chat", "a", PageEvent::Firing));
+        track_open(&mut open, pending("mail", "a", PageEvent::Firing));
+        track_open(&mut open, pending("chat", "a", PageEvent::GivingUp));
+        assert_eq!(open.len(), 2, "giving up replaces firing: {open:?}");
+        assert_eq!(open[1].page.event, PageEvent::GivingUp);
+        track_open(&mut open, pending("chat", "a", PageEvent::Resolved));
+        assert_eq!(open.len(), 1);
+        assert_eq!(open[0].action, "mail");
     }
 
     #[test]
