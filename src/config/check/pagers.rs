@@ -21,6 +21,8 @@ fn pager_keys(a: &raw::Action) -> [(&'static str, &'static [&'static str], Optio
     const AM: &[&str] = &["alertmanager"];
     const PD: &[&str] = &["pagerduty"];
     const EMAIL: &[&str] = &["email"];
+    // `server` is also HAProxy's (`"web/app1"`) on the haproxy branch: one raw field, two kinds.
+    const SERVER: &[&str] = &["email", "haproxy"];
     [
         ("format", WEBHOOK, at(&a.format)),
         ("remind_every", HUMAN, at(&a.remind_every)),
@@ -30,7 +32,7 @@ fn pager_keys(a: &raw::Action) -> [(&'static str, &'static [&'static str], Optio
         ("runbook", AM, at(&a.runbook)),
         ("generator_url", AM, at(&a.generator_url)),
         ("routing_key", PD, at(&a.routing_key)),
-        ("server", EMAIL, at(&a.server)),
+        ("server", SERVER, at(&a.server)),
         ("tls", EMAIL, at(&a.tls)),
         ("user", EMAIL, at(&a.user)),
         ("password", EMAIL, at(&a.password)),
