@@ -59,6 +59,7 @@ enum Event {
         probe: String,
         action: String,
         result: Result<String, String>,
+        took: Duration,
     },
     Saved {
         /// Pages with an id up to this one are on disk.
@@ -416,23 +417,32 @@ impl Daemon {
                 probe,
                 action,
                 result,
+                took,
             } => {
                 self.remedy_ended.insert(action.clone(), Instant::now());
-                let outcome = match &result {
+                match &result {
                     Ok(s) => {
-                        tracing::info!(probe = %probe, action = %action, result = %s, "remedy done");
-                        "ok"
+                        tracing::info!(probe = %probe, action = %action, result = %s, took = ?took, "remedy done");
                     }
                     Err(e) => {
-                        tracing::error!(probe = %probe, action = %action, error = %e, "remedy failed");
-                        "failed"
+                        tracing::error!(probe = %probe, action = %action, error = %e, took = ?took, "remedy failed");
                     }
-                };
-                if let Some(spec) = self.config.probe(&probe) {
-                    self.state
-                        .engine
-                        .remedy_finished(&spec.rules, &action, outcome, now);
+                }
+                if let Some(spec) = self.config.probe(&probe).cloned() {
+                    let result = match &result {
+                        Ok(_) => Ok("ok"),
+                        Err(e) => Err(e.as_str()),
+                    };
+                    let effects =
+                        self.state
+                            .engine
+                            .remedy_finished(&spec.rules, &action, result, now);
                     self.dirty = true;
+                    for effect in effects {
+                        if let Some(work) = crate::events::log_decision(effect) {
+                            self.carry_out(work, now);
+                        }
+                    }
                 }
             }
             Event::Saved {
@@ -509,9 +519,12 @@ impl Daemon {
                     tracing::info!(probe = %ctx.incident.probe, action = %action, running, "remedy joined: it is running or just ran for another probe; not run again");
                     if !running {
                         if let Some(spec) = self.config.probe(&ctx.incident.probe) {
-                            self.state
-                                .engine
-                                .remedy_finished(&spec.rules, &action, "joined", now);
+                            self.state.engine.remedy_finished(
+                                &spec.rules,
+                                &action,
+                                Ok("joined"),
+                                now,
+                            );
                         }
                         return;
                     }
@@ -522,6 +535,7 @@ impl Daemon {
                 self.dirty = true;
                 self.save();
                 self.remedy_tasks.spawn(async move {
+                    let started = Instant::now();
                     let result =
                         if dry_run {
                             Ok("dry run: not run".to_string())
@@ -543,6 +557,7 @@ impl Daemon {
                             probe,
                             action,
                             result,
+                            took: started.elapsed(),
                         })
                         .await;
                 });

@@ -20,7 +20,7 @@ use super::{
     WatchdogSettings, WebhookAction,
 };
 use crate::health::{HealthPolicy, Window};
-use crate::rules::{ActionRef, Budget, ProbeRules, Rule, Trigger};
+use crate::rules::{ActionRef, Backoff, Budget, ProbeRules, Rule, Trigger};
 
 /// One deserialized item and the byte offset of its table.
 pub struct Item<T> {
@@ -234,6 +234,7 @@ pub fn check(documents: &[Document], diags: &mut Diagnostics) -> Option<Config> 
     let actions = check_actions(documents, diags);
     let mut probes = check_probes(documents, &defaults, diags);
     check_rules(documents, &mut probes, &actions, diags);
+    check_dependencies(documents, &mut probes, diags);
 
     // Probes no rule acts on, and actions no rule uses: legal, but probably a mistake.
     let mut used_actions = BTreeSet::new();
@@ -247,7 +248,7 @@ pub fn check(documents: &[Document], diags: &mut Diagnostics) -> Option<Config> 
             );
         }
         for rule in &spec.rules.rules {
-            used_actions.extend(rule.actions.iter().map(|a| a.name.clone()));
+            used_actions.extend(rule.actions().map(|a| a.name.clone()));
         }
     }
     for (name, (_, source, at)) in &actions {
@@ -511,6 +512,8 @@ fn check_probe(ctx: &mut Ctx<'_>, p: &raw::Probe, defaults: &Timing) -> Option<P
             probe: name,
             policy: timing.policy,
             rules: Vec::new(),
+            // Filled in by `check_dependencies` once every probe is known.
+            depends_on: Vec::new(),
         },
     })
 }
@@ -1246,6 +1249,145 @@ fn check_action(ctx: &mut Ctx<'_>, a: &raw::Action) -> Option<ActionSpec> {
     }
 }
 
+/// One step of a rule as written: where it is, and its action names with their positions.
+type WrittenStep<'a> = (usize, Vec<(&'a str, usize)>);
+
+/// `backoff`, `backoff_max`, `backoff_reset` of a rule.
+fn check_backoff(ctx: &mut Ctx<'_>, r: &raw::Rule) -> Option<Backoff> {
+    let first = ctx.positive_duration("backoff", &r.backoff);
+    let max = ctx.positive_duration("backoff_max", &r.backoff_max);
+    let reset_after = ctx.positive_duration("backoff_reset", &r.backoff_reset);
+    if r.backoff.is_none() {
+        for (key, at) in [
+            ("backoff_max", at(&r.backoff_max)),
+            ("backoff_reset", at(&r.backoff_reset)),
+        ] {
+            if let Some(at) = at {
+                ctx.error(at, format!("`{key}` needs `backoff` (the first delay)"));
+            }
+        }
+        return None;
+    }
+    let first = first?;
+    let max = max.unwrap_or(Backoff::DEFAULT_MAX.max(first));
+    if max < first {
+        ctx.error(
+            at(&r.backoff_max).unwrap_or(0),
+            format!(
+                "`backoff_max` ({}) is shorter than `backoff` ({})",
+                humantime::format_duration(max),
+                humantime::format_duration(first)
+            ),
+        );
+        return None;
+    }
+    Some(Backoff {
+        first,
+        max,
+        reset_after: reset_after.unwrap_or(Backoff::DEFAULT_RESET_AFTER),
+    })
+}
+
+/// `depends_on` of each probe: known probes, not itself, no cycles.
+fn check_dependencies(
+    documents: &[Document],
+    probes: &mut [Checked<'_, ProbeSpec>],
+    diags: &mut Diagnostics,
+) {
+    let index: BTreeMap<String, usize> = probes
+        .iter()
+        .enumerate()
+        .map(|(i, (p, _))| (p.name.clone(), i))
+        .collect();
+    let names: Vec<&str> = index.keys().map(String::as_str).collect();
+    let mut edges: Vec<(usize, Vec<(usize, usize)>)> = Vec::new();
+    for doc in documents {
+        for item in &doc.probes {
+            let p = &item.value;
+            let Some(deps) = &p.depends_on else {
+                continue;
+            };
+            let Some(&from) = index.get(p.name.get_ref()) else {
+                continue;
+            };
+            let mut ctx = Ctx {
+                source: &doc.source,
+                subject: Some(format!("probe \"{}\"", p.name.get_ref())),
+                diags,
+            };
+            let mut targets = Vec::new();
+            for dep in deps.get_ref() {
+                let name = dep.get_ref();
+                match index.get(name) {
+                    Some(&to) if to == from => {
+                        ctx.error(dep.span().start, "a probe cannot depend on itself")
+                    }
+                    Some(&to) => targets.push((to, dep.span().start)),
+                    None => {
+                        let hint = closest(name, &names)
+                            .map(|s| format!(" (did you mean \"{s}\"?)"))
+                            .unwrap_or_default();
+                        ctx.error(
+                            dep.span().start,
+                            format!("`depends_on`: no probe is named \"{name}\"{hint}"),
+                        );
+                    }
+                }
+            }
+            edges.push((from, targets));
+        }
+    }
+    // A cycle would hold every probe in it back forever once all are down.
+    let graph: BTreeMap<usize, Vec<usize>> = edges
+        .iter()
+        .map(|(from, to)| (*from, to.iter().map(|(t, _)| *t).collect()))
+        .collect();
+    for (from, targets) in &edges {
+        for &(to, at) in targets {
+            if let Some(path) = path_between(&graph, to, *from) {
+                let (source, _) = probes[*from].1;
+                let cycle: Vec<&str> = std::iter::once(*from)
+                    .chain(path)
+                    .map(|i| probes[i].0.name.as_str())
+                    .collect();
+                diags.error(
+                    source,
+                    at,
+                    Some(&format!("probe \"{}\"", probes[*from].0.name)),
+                    format!("`depends_on` makes a cycle: {}", cycle.join(" -> ")),
+                );
+            }
+        }
+    }
+    for (from, targets) in edges {
+        probes[from].0.rules.depends_on = targets
+            .into_iter()
+            .map(|(to, _)| probes[to].0.name.clone())
+            .collect();
+    }
+}
+
+/// The probes on a path `from` ..= `to` along `graph`, if there is one.
+fn path_between(graph: &BTreeMap<usize, Vec<usize>>, from: usize, to: usize) -> Option<Vec<usize>> {
+    let mut stack = vec![vec![from]];
+    let mut seen = BTreeSet::new();
+    while let Some(path) = stack.pop() {
+        let last = *path.last()?;
+        if last == to {
+            return Some(path);
+        }
+        if !seen.insert(last) {
+            continue;
+        }
+        for &next in graph.get(&last).into_iter().flatten() {
+            let mut longer = path.clone();
+            longer.push(next);
+            stack.push(longer);
+        }
+    }
+    None
+}
+
 fn check_rules(
     documents: &[Document],
     probes: &mut [Checked<'_, ProbeSpec>],
@@ -1264,7 +1406,7 @@ fn check_rules(
         .flat_map(|d| d.actions.iter().map(|(n, _)| n.get_ref().as_str()))
         .collect();
     // (probe, trigger text, actions) -> line of the first rule, to spot rules that add nothing.
-    let mut seen: BTreeMap<(String, String, Vec<String>), usize> = BTreeMap::new();
+    let mut seen: BTreeMap<(String, String, String), usize> = BTreeMap::new();
     for doc in documents {
         for item in &doc.rules {
             let r = &item.value;
@@ -1295,30 +1437,117 @@ fn check_rules(
                     None
                 }
             };
-            if r.actions.get_ref().is_empty() {
+            // `do`: one step; `escalate`: a ladder. Each step's names resolved to actions.
+            let (escalate, written): (bool, Vec<WrittenStep<'_>>) = match (&r.actions, &r.escalate)
+            {
+                (Some(actions), None) => (
+                    false,
+                    vec![(
+                        actions.span().start,
+                        actions
+                            .get_ref()
+                            .iter()
+                            .map(|n| (n.get_ref().as_str(), n.span().start))
+                            .collect(),
+                    )],
+                ),
+                (None, Some(ladder)) => (
+                    true,
+                    ladder
+                        .get_ref()
+                        .iter()
+                        .map(|step| {
+                            let at = step.span().start;
+                            let names = match step.get_ref() {
+                                raw::Step::One(n) => vec![(n.as_str(), at)],
+                                raw::Step::Together(ns) => {
+                                    ns.iter().map(|n| (n.as_str(), at)).collect()
+                                }
+                            };
+                            (at, names)
+                        })
+                        .collect(),
+                ),
+                (Some(actions), Some(_)) => {
+                    ctx.error(
+                            actions.span().start,
+                            "set `do` (every action each time the rule fires) or `escalate` (the next step each time), not both",
+                        );
+                    ok = false;
+                    (false, Vec::new())
+                }
+                (None, None) => {
+                    ctx.error(
+                            r.when.span().start,
+                            "this rule does nothing: add `do = [\"action\"]` (or `escalate = [...]`, one step per firing)",
+                        );
+                    ok = false;
+                    (false, Vec::new())
+                }
+            };
+            if let Some(ladder) = &r.escalate
+                && ladder.get_ref().is_empty()
+            {
                 ctx.error(
-                    r.actions.span().start,
+                    ladder.span().start,
+                    "`escalate` is empty: name at least one step",
+                );
+                ok = false;
+            }
+            if let Some(actions) = &r.actions
+                && actions.get_ref().is_empty()
+            {
+                ctx.error(
+                    actions.span().start,
                     "`do` is empty: name at least one action",
                 );
                 ok = false;
             }
-            let mut refs = Vec::new();
-            for name in r.actions.get_ref() {
-                match actions.get(name.get_ref()) {
-                    Some((spec, _, _)) => refs.push(ActionRef {
-                        name: name.get_ref().clone(),
-                        role: spec.role(),
-                    }),
-                    None if declared.contains(&name.get_ref().as_str()) => ok = false,
-                    None => {
-                        let hint = closest(name.get_ref(), &declared)
-                            .map(|s| format!(" (did you mean \"{s}\"?)"))
-                            .unwrap_or_default();
-                        ctx.error(
-                            name.span().start,
-                            format!("unknown action \"{}\"{hint}", name.get_ref()),
+            let mut steps = Vec::new();
+            for (step_at, names) in &written {
+                if escalate && names.is_empty() {
+                    ctx.error(*step_at, "an empty step: name at least one action");
+                    ok = false;
+                }
+                let mut step = Vec::new();
+                for &(name, at) in names {
+                    match actions.get(name) {
+                        Some((spec, _, _)) => step.push(ActionRef {
+                            name: name.to_string(),
+                            role: spec.role(),
+                        }),
+                        None if declared.contains(&name) => ok = false,
+                        None => {
+                            let hint = closest(name, &declared)
+                                .map(|s| format!(" (did you mean \"{s}\"?)"))
+                                .unwrap_or_default();
+                            ctx.error(at, format!("unknown action \"{name}\"{hint}"));
+                            ok = false;
+                        }
+                    }
+                }
+                steps.push(step);
+            }
+            if escalate
+                && let Some(t) = trigger
+                && t != Trigger::Down
+            {
+                ctx.error(
+                    r.when.span().start,
+                    format!("`escalate` needs `when = \"down\"`: `when = \"{t}\"` fires once per incident, so only the first step would ever run"),
+                );
+                ok = false;
+            }
+            if escalate && ok {
+                // Nothing but a remedy that did not help fires a `down` rule again.
+                for (i, step) in steps.iter().enumerate() {
+                    if i + 1 < steps.len()
+                        && step.iter().all(|a| a.role == crate::rules::Role::Page)
+                    {
+                        ctx.warn(
+                            written[i].0,
+                            format!("step {} only pages, so the ladder stops there: a `down` rule fires again only after a remedy did not help", i + 1),
                         );
-                        ok = false;
                     }
                 }
             }
@@ -1333,14 +1562,24 @@ fn check_rules(
                 },
                 None => None,
             };
+            let backoff = check_backoff(&mut ctx, r);
             let (Some(trigger), Some(probe_index), true) = (trigger, probe_index, ok) else {
                 continue;
             };
-            let has_remedy = refs.iter().any(|a| a.role == crate::rules::Role::Remedy);
+            let has_remedy = steps
+                .iter()
+                .flatten()
+                .any(|a| a.role == crate::rules::Role::Remedy);
             if budget.is_some() && !has_remedy {
                 ctx.warn(
                     at(&r.budget).unwrap_or(item.at),
                     "`budget` limits remedies, but this rule only pages",
+                );
+            }
+            if backoff.is_some() && !has_remedy {
+                ctx.warn(
+                    at(&r.backoff).unwrap_or(item.at),
+                    "`backoff` spaces out remedies, but this rule only pages",
                 );
             }
             // No restart storms, ever: a remedy always has a budget, the default if unset.
@@ -1348,11 +1587,7 @@ fn check_rules(
             let key = (
                 probe_name.clone(),
                 trigger.to_string(),
-                r.actions
-                    .get_ref()
-                    .iter()
-                    .map(|a| a.get_ref().clone())
-                    .collect(),
+                format!("{escalate}{steps:?}"),
             );
             let (line, _) = doc.source.line_col(item.at);
             if let Some(first) = seen.get(&key) {
@@ -1367,8 +1602,10 @@ fn check_rules(
             seen.insert(key, line);
             probes[probe_index].0.rules.rules.push(Rule {
                 trigger,
-                actions: refs,
+                steps,
+                escalate,
                 budget,
+                backoff,
             });
         }
     }

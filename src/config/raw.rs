@@ -64,6 +64,9 @@ pub struct Probe {
     pub startup_grace: Option<Text>,
     pub restart_grace: Option<Text>,
 
+    /// Probes whose outage holds this probe's rules back.
+    pub depends_on: Option<Spanned<Vec<Text>>>,
+
     // http
     pub url: Option<Text>,
     pub method: Option<Text>,
@@ -130,15 +133,29 @@ pub enum StatusSpec {
     Ranges(String),
 }
 
-/// One `[[rule]]`.
+/// One `[[rule]]`: `do` (every action each time) or `escalate` (the next step each time).
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct Rule {
     pub probe: Text,
     pub when: Text,
     #[serde(rename = "do")]
-    pub actions: Spanned<Vec<Text>>,
+    pub actions: Option<Spanned<Vec<Text>>>,
+    pub escalate: Option<Spanned<Vec<Spanned<Step>>>>,
     pub budget: Option<Text>,
+    /// First delay between remedies, doubling: `"10s"`.
+    pub backoff: Option<Text>,
+    pub backoff_max: Option<Text>,
+    /// How long the probe must stay up between incidents for the delays to start over.
+    pub backoff_reset: Option<Text>,
+}
+
+/// One step of a ladder: an action, or several run together.
+#[derive(Debug, Deserialize, Clone)]
+#[serde(untagged)]
+pub enum Step {
+    One(String),
+    Together(Vec<String>),
 }
 
 /// One `[action.NAME]`; like [`Probe`], flat and checked per kind later.
