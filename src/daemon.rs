@@ -65,6 +65,13 @@ enum Event {
         pages_up_to: u64,
         result: Result<(), String>,
     },
+    /// A remedy refused, or left its work half done, in a way only a human can settle (a
+    /// drain refused as it would empty a pool): the probe's pagers are told.
+    NeedsHuman {
+        incident: crate::rules::IncidentView,
+        action: String,
+        why: String,
+    },
 }
 
 /// Lateness of probe starts against their schedule, for the log line at exit and the
@@ -450,6 +457,26 @@ impl Daemon {
                     self.save();
                 }
             }
+            Event::NeedsHuman {
+                incident,
+                action,
+                why,
+            } => {
+                tracing::error!(probe = %incident.probe, action = %action, error = %why, "remedy needs a human: paging");
+                let config = self.config.clone();
+                if let Some(spec) = config.probe(&incident.probe) {
+                    let effects =
+                        self.state
+                            .engine
+                            .needs_human(&spec.rules, &incident, &action, &why);
+                    self.dirty = true;
+                    for effect in effects {
+                        if let Some(work) = crate::events::log_decision(effect) {
+                            self.carry_out(work, now);
+                        }
+                    }
+                }
+            }
         }
     }
 
@@ -538,6 +565,14 @@ impl Daemon {
                             }
                         };
                     let probe = ctx.incident.probe.clone();
+                    let needs_human = match &result {
+                        Err(e) if action::haproxy::needs_a_human(e) => Some(Event::NeedsHuman {
+                            incident: ctx.incident.clone(),
+                            action: action.clone(),
+                            why: e.clone(),
+                        }),
+                        _ => None,
+                    };
                     let _ = events
                         .send(Event::RemedyDone {
                             probe,
@@ -545,6 +580,9 @@ impl Daemon {
                             result,
                         })
                         .await;
+                    if let Some(event) = needs_human {
+                        let _ = events.send(event).await;
+                    }
                 });
             }
         }
@@ -640,6 +678,18 @@ impl Daemon {
                     }
                 });
                 let _ = reply.send(result);
+            }
+            Control::DrainFlags(reply) => {
+                let files = self
+                    .config
+                    .actions
+                    .values()
+                    .filter_map(|a| match a {
+                        ActionSpec::DrainFlag(f) => Some(f.file.clone()),
+                        _ => None,
+                    })
+                    .collect();
+                let _ = reply.send(files);
             }
             Control::Reload(reply) => {
                 let before = self.config.clone();

@@ -187,6 +187,9 @@ struct Incident {
     remedies: u32,
     gave_up: bool,
     pending_remedies: u32,
+    /// Remedies that paged because only a human can go on (see [`Engine::needs_human`]).
+    #[serde(default)]
+    needs_human: BTreeSet<String>,
 }
 
 /// What the engine remembers about one probe.
@@ -275,6 +278,7 @@ impl Engine {
                             remedies: 0,
                             gave_up: false,
                             pending_remedies: 0,
+                            needs_human: BTreeSet::new(),
                         });
                         fire_down_rules = true;
                     }
@@ -407,6 +411,55 @@ impl Engine {
         if let Some(history) = self.runs.get_mut(action) {
             history.pop();
         }
+    }
+
+    /// A remedy could not do its job in a way only a human can settle: it refused (a drain
+    /// that would empty a pool) or left things half done (a server left drained). Pages every
+    /// pager of the probe as "giving up", once per action per incident. If the incident is
+    /// closed already (an `up` rule's undrain failed), pages anyway: nothing else would tell
+    /// anyone that a server stayed out of rotation.
+    pub fn needs_human(
+        &mut self,
+        spec: &ProbeRules,
+        incident: &IncidentView,
+        action: &str,
+        why: &str,
+    ) -> Vec<Effect> {
+        let summary = format!("{}: {action} needs a human: {why}", spec.probe);
+        let mut effects = Vec::new();
+        if let Some(memory) = self.probes.get_mut(&spec.probe)
+            && let Some(open) = memory.incident.as_mut()
+            && open.id == incident.id
+        {
+            if open.needs_human.insert(action.to_string()) {
+                open.actions_taken.push(format!("{action} (needs a human)"));
+                page_all(
+                    spec,
+                    &memory.health,
+                    open,
+                    PageEvent::GivingUp,
+                    &summary,
+                    &mut effects,
+                );
+            }
+            return effects;
+        }
+        let pagers = spec.pagers();
+        if pagers.is_empty() {
+            effects.push(Effect::NoPager {
+                probe: spec.probe.clone(),
+                summary: summary.clone(),
+            });
+        }
+        for pager in pagers {
+            effects.push(Effect::Work(Work::Page {
+                pager: pager.to_string(),
+                event: PageEvent::GivingUp,
+                summary: summary.clone(),
+                incident: incident.clone(),
+            }));
+        }
+        effects
     }
 
     /// A remedy ended (however it ended): start the probe's `restart_grace`.
@@ -880,6 +933,66 @@ mod tests {
             simulate(&mut e, &spec, "---++", 10),
             ["12:down", "14:up", "14:run notify"]
         );
+    }
+
+    #[test]
+    fn a_remedy_that_needs_a_human_pages_once_per_incident_even_after_it_closed() {
+        let mut e = Engine::default();
+        // down -> drain; down for 60s -> page oncall (so "oncall" is the probe's pager).
+        let spec = ProbeRules {
+            rules: vec![
+                Rule {
+                    trigger: Trigger::Down,
+                    actions: vec![remedy("drain-app1")],
+                    budget: None,
+                },
+                apache().rules[1].clone(),
+            ],
+            ..apache()
+        };
+        simulate(&mut e, &spec, "+---", 0);
+        let view = |e: &Engine| IncidentView {
+            id: e.probe("apache").unwrap().incident_id().unwrap(),
+            probe: "apache".into(),
+            state: State::Down,
+            reason: "HTTP 504".into(),
+            since: Timestamp::secs(3),
+            actions_taken: Vec::new(),
+            remedies: 1,
+        };
+        let open = view(&e);
+        let why = "refused to drain web/app1: it is the last ready server of backend web";
+        let pages: Vec<(String, PageEvent, String)> = e
+            .needs_human(&spec, &open, "drain-app1", why)
+            .into_iter()
+            .filter_map(|effect| match effect {
+                Effect::Work(Work::Page {
+                    pager,
+                    event,
+                    summary,
+                    ..
+                }) => Some((pager, event, summary)),
+                _ => None,
+            })
+            .collect();
+        assert_eq!(
+            pages,
+            [(
+                "oncall".to_string(),
+                PageEvent::GivingUp,
+                format!("apache: drain-app1 needs a human: {why}")
+            )]
+        );
+        // The same refusal again in this incident: no second page; the page resolves at the end.
+        assert!(e.needs_human(&spec, &open, "drain-app1", why).is_empty());
+        let log = simulate(&mut e, &spec, "++", 10);
+        assert!(
+            log.contains(&"11:page oncall Resolved".to_string()),
+            "{log:?}"
+        );
+        // The incident is closed (an `up` rule's undrain failed): paged all the same.
+        let after = e.needs_human(&spec, &open, "undrain-app1", "left web/app1 drained");
+        assert_eq!(after.len(), 1, "{after:?}");
     }
 
     #[test]
