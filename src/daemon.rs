@@ -320,6 +320,11 @@ pub async fn run(
         })
         .await;
     }
+    // A drain must never be left behind silently (incident 2021-02): say which servers stay
+    // out of rotation. (The `haproxy` pool probe sees them too, at the next start.)
+    for (server, held_for) in action::haproxy::held() {
+        tracing::warn!(server = %server, drained_for = %crate::probe::human(held_for), "stopping while this watchdog holds a server drained: it stays out of rotation until readied");
+    }
     // Give pagers a moment to deliver what they hold, taking note of what they did.
     let _ = daemon.pagers_stop.send(true);
     daemon.pagers.clear();
