@@ -314,6 +314,11 @@ pub async fn run(
         })
         .await;
     }
+    // A drain must never be left behind silently (incident 2021-02): say which servers stay
+    // out of rotation. (The `haproxy` pool probe sees them too, at the next start.)
+    for (server, held_for) in action::haproxy::held() {
+        tracing::warn!(server = %server, drained_for = %crate::probe::human(held_for), "stopping while this watchdog holds a server drained: it stays out of rotation until readied");
+    }
     // Give pagers a moment to deliver what they hold, taking note of what they did.
     let _ = daemon.pagers_stop.send(true);
     daemon.pagers.clear();
@@ -655,6 +660,18 @@ impl Daemon {
                     }
                 });
                 let _ = reply.send(result);
+            }
+            Control::DrainFlags(reply) => {
+                let files = self
+                    .config
+                    .actions
+                    .values()
+                    .filter_map(|a| match a {
+                        ActionSpec::DrainFlag(f) => Some(f.file.clone()),
+                        _ => None,
+                    })
+                    .collect();
+                let _ = reply.send(files);
             }
             Control::Reload(reply) => {
                 let before = self.config.clone();

@@ -39,14 +39,14 @@ pub struct Document {
 }
 
 /// Where diagnostics go while one item is checked.
-struct Ctx<'a> {
-    source: &'a Source,
-    subject: Option<String>,
-    diags: &'a mut Diagnostics,
+pub(super) struct Ctx<'a> {
+    pub(super) source: &'a Source,
+    pub(super) subject: Option<String>,
+    pub(super) diags: &'a mut Diagnostics,
 }
 
 impl Ctx<'_> {
-    fn error(&mut self, at: usize, message: impl Into<String>) {
+    pub(super) fn error(&mut self, at: usize, message: impl Into<String>) {
         self.diags
             .error(self.source, at, self.subject.as_deref(), message);
     }
@@ -75,7 +75,7 @@ impl Ctx<'_> {
     }
 
     /// A duration that must not be zero.
-    fn positive_duration(&mut self, key: &str, text: &Option<Text>) -> Option<Duration> {
+    pub(super) fn positive_duration(&mut self, key: &str, text: &Option<Text>) -> Option<Duration> {
         let d = self.duration(key, text)?;
         if d.is_zero() {
             self.error(
@@ -103,7 +103,7 @@ impl Ctx<'_> {
     }
 
     /// Reports keys set on an item whose kind does not use them.
-    fn not_for_kind(&mut self, kind: &str, keys: &[(&str, Option<usize>)]) {
+    pub(super) fn not_for_kind(&mut self, kind: &str, keys: &[(&str, Option<usize>)]) {
         for (key, at) in keys {
             if let Some(at) = at {
                 self.error(*at, format!("`{key}` does not apply to kind \"{kind}\""));
@@ -112,7 +112,7 @@ impl Ctx<'_> {
     }
 }
 
-fn at<T>(v: &Option<Spanned<T>>) -> Option<usize> {
+pub(super) fn at<T>(v: &Option<Spanned<T>>) -> Option<usize> {
     v.as_ref().map(|s| s.span().start)
 }
 
@@ -231,7 +231,8 @@ pub fn check(documents: &[Document], diags: &mut Diagnostics) -> Option<Config> 
         None => Timing::default(),
     };
 
-    let actions = check_actions(documents, diags);
+    let mut actions = check_actions(documents, diags);
+    super::haproxy::link_restart_drained(documents, &mut actions, diags);
     let mut probes = check_probes(documents, &defaults, diags);
     check_rules(documents, &mut probes, &actions, diags);
     check_dependencies(documents, &mut probes, diags);
@@ -469,6 +470,10 @@ fn check_probe(ctx: &mut Ctx<'_>, p: &raw::Probe, defaults: &Timing) -> Option<P
         ("memory", "max_swap_used", at(&p.max_swap_used)),
         ("memory", "oom_kills", at(&p.oom_kills)),
         ("memory", "psi_trigger", at(&p.psi_trigger)),
+        ("haproxy", "socket", at(&p.socket)),
+        ("haproxy", "backend", at(&p.backend)),
+        ("haproxy", "min_ready", at(&p.min_ready)),
+        ("haproxy", "min_ready_ratio", at(&p.min_ready_ratio)),
     ];
 
     let kind = p.kind.get_ref().as_str();
@@ -500,6 +505,7 @@ fn check_probe(ctx: &mut Ctx<'_>, p: &raw::Probe, defaults: &Timing) -> Option<P
         "tcp" => CheckSpec::Tcp(check_tcp(ctx, p)?),
         "syn_backlog" => CheckSpec::SynBacklog(check_backlog(ctx, p)?),
         "process" => CheckSpec::Process(check_process(ctx, p)?),
+        "haproxy" => CheckSpec::Haproxy(super::haproxy::check_probe(ctx, p)?),
         _ => CheckSpec::Memory(check_memory(ctx, p)?),
     };
     let name = p.name.get_ref().clone();
@@ -1021,7 +1027,7 @@ fn warn_unresolvable(ctx: &mut Ctx<'_>, at: usize, secret: &SecretRef) {
     }
 }
 
-type CheckedActions<'a> = BTreeMap<String, (ActionSpec, &'a Source, usize)>;
+pub(super) type CheckedActions<'a> = BTreeMap<String, (ActionSpec, &'a Source, usize)>;
 
 fn check_actions<'a>(documents: &'a [Document], diags: &mut Diagnostics) -> CheckedActions<'a> {
     let mut out = CheckedActions::new();
@@ -1107,7 +1113,28 @@ fn check_action(ctx: &mut Ctx<'_>, a: &raw::Action) -> Option<ActionSpec> {
     ];
     let webhook_keys = [("url", at(&a.url)), ("token", at(&a.token))];
     let kind = a.kind.get_ref().as_str();
+    if matches!(kind, "command" | "signal" | "webhook") {
+        ctx.not_for_kind(kind, &super::haproxy::action_keys(a));
+        ctx.not_for_kind(kind, &[("file", at(&a.file))]);
+    }
+    let not_haproxy = |ctx: &mut Ctx<'_>, kind: &str| {
+        ctx.not_for_kind(kind, &command_keys);
+        ctx.not_for_kind(kind, &signal_keys);
+        ctx.not_for_kind(kind, &webhook_keys);
+    };
     match kind {
+        "haproxy" => {
+            not_haproxy(ctx, kind);
+            super::haproxy::check_action(ctx, a).map(ActionSpec::Haproxy)
+        }
+        "restart_drained" => {
+            not_haproxy(ctx, kind);
+            super::haproxy::check_restart_drained(ctx, a).map(ActionSpec::RestartDrained)
+        }
+        "drain_flag" => {
+            not_haproxy(ctx, kind);
+            super::haproxy::check_flag_action(ctx, a).map(ActionSpec::DrainFlag)
+        }
         "command" => {
             // `start` is shared with the signal kind; here it pairs with `stop`, monit-style.
             ctx.not_for_kind(kind, &signal_keys[..3]);
@@ -1235,13 +1262,22 @@ fn check_action(ctx: &mut Ctx<'_>, a: &raw::Action) -> Option<ActionSpec> {
             }))
         }
         other => {
-            let hint = closest(other, &["command", "signal", "webhook"])
+            let known = [
+                "command",
+                "signal",
+                "webhook",
+                "haproxy",
+                "restart_drained",
+                "drain_flag",
+            ];
+            let hint = closest(other, &known)
                 .map(|s| format!(" (did you mean \"{s}\"?)"))
                 .unwrap_or_default();
             ctx.error(
                 a.kind.span().start,
                 format!(
-                    "unknown action kind \"{other}\"{hint}; known kinds: command, signal, webhook"
+                    "unknown action kind \"{other}\"{hint}; known kinds: {}",
+                    known.join(", ")
                 ),
             );
             None

@@ -13,6 +13,7 @@
 
 mod check;
 pub mod diagnostic;
+mod haproxy;
 mod load;
 pub mod raw;
 pub mod secret;
@@ -22,6 +23,7 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 pub use diagnostic::{Diagnostic, Diagnostics, Severity};
+pub use haproxy::{DrainFlagAction, HaproxyAction, HaproxyCheck, RestartDrainedAction};
 pub use load::load;
 pub use secret::SecretRef;
 
@@ -105,10 +107,11 @@ pub enum CheckSpec {
     SynBacklog(BacklogCheck),
     Process(ProcessCheck),
     Memory(MemoryCheck),
+    Haproxy(HaproxyCheck),
 }
 
 impl CheckSpec {
-    pub const KINDS: [&str; 5] = ["http", "tcp", "syn_backlog", "process", "memory"];
+    pub const KINDS: [&str; 6] = ["http", "tcp", "syn_backlog", "process", "memory", "haproxy"];
 
     pub fn kind(&self) -> &'static str {
         match self {
@@ -117,6 +120,7 @@ impl CheckSpec {
             CheckSpec::SynBacklog(_) => "syn_backlog",
             CheckSpec::Process(_) => "process",
             CheckSpec::Memory(_) => "memory",
+            CheckSpec::Haproxy(_) => "haproxy",
         }
     }
 }
@@ -319,6 +323,9 @@ pub enum ActionSpec {
     Command(CommandAction),
     Signal(SignalAction),
     Webhook(WebhookAction),
+    Haproxy(HaproxyAction),
+    RestartDrained(RestartDrainedAction),
+    DrainFlag(DrainFlagAction),
 }
 
 impl ActionSpec {
@@ -327,12 +334,18 @@ impl ActionSpec {
             ActionSpec::Command(_) => "command",
             ActionSpec::Signal(_) => "signal",
             ActionSpec::Webhook(_) => "webhook",
+            ActionSpec::Haproxy(_) => "haproxy",
+            ActionSpec::RestartDrained(_) => "restart_drained",
+            ActionSpec::DrainFlag(_) => "drain_flag",
         }
     }
 
     pub fn role(&self) -> Role {
         match self {
             ActionSpec::Command(_) | ActionSpec::Signal(_) => Role::Remedy,
+            ActionSpec::Haproxy(_) | ActionSpec::RestartDrained(_) | ActionSpec::DrainFlag(_) => {
+                Role::Remedy
+            }
             ActionSpec::Webhook(_) => Role::Page,
         }
     }

@@ -115,6 +115,12 @@ pub struct Probe {
     pub max_swap_used: Option<Text>,
     pub oom_kills: Option<Spanned<bool>>,
     pub psi_trigger: Option<Text>,
+
+    // haproxy
+    pub socket: Option<Text>,
+    pub backend: Option<Text>,
+    pub min_ready: Option<Count>,
+    pub min_ready_ratio: Option<Spanned<f64>>,
 }
 
 /// A count or a percentage: `4` or `"80%"`.
@@ -178,4 +184,18 @@ pub struct Action {
     // webhook
     pub url: Option<Text>,
     pub token: Option<Text>,
+
+    // haproxy: `socket`, `server`, `operation`, `max_drains`
+    pub socket: Option<Text>,
+    pub server: Option<Text>,
+    pub operation: Option<Text>,
+    pub max_drains: Option<Count>,
+    // restart_drained
+    pub drain: Option<Text>,
+    pub restart: Option<Text>,
+    pub drain_timeout: Option<Text>,
+    pub healthy_timeout: Option<Text>,
+    pub healthy_url: Option<Text>,
+    // drain_flag (and `operation`)
+    pub file: Option<Text>,
 }
