@@ -97,7 +97,7 @@ impl Report {
 struct Done {
     probe: usize,
     line: String,
-    remedy: Option<(String, &'static str)>,
+    remedy: Option<(String, Result<&'static str, String>)>,
     /// (pager action, page) to keep in the outbox for the next run.
     undelivered: Option<(String, Page)>,
     /// (pager action, page) the receiver took: opens or closes an entry of the open pages.
@@ -221,14 +221,27 @@ pub async fn run(config: Config, selected: &[String], dry_run: bool) -> Result<R
     while let Some(joined) = running.join_next().await {
         finished.push(joined.map_err(|e| format!("an action task failed: {e}"))?);
     }
+    // A remedy that failed pages at once (its own incident): a second, last round.
     let now = clock::now();
-    for done in finished {
+    for done in &finished {
         let spec = &config.probes[done.probe];
         if let Some((action, outcome)) = &done.remedy {
-            saved
+            let outcome = outcome.as_ref().map(|s| *s).map_err(String::as_str);
+            for effect in saved
                 .engine
-                .remedy_finished(&spec.rules, action, outcome, now);
+                .remedy_finished(&spec.rules, action, outcome, now)
+            {
+                if let Some(fut) = effect_task(done.probe, effect, &config, &client, dry_run, now) {
+                    running.spawn(fut);
+                }
+            }
         }
+    }
+    while let Some(joined) = running.join_next().await {
+        finished.push(joined.map_err(|e| format!("an action task failed: {e}"))?);
+    }
+    for done in finished {
+        let spec = &config.probes[done.probe];
         if let Some(row) = rows.iter_mut().find(|r| r.probe == spec.name) {
             row.actions.push(done.line);
         }
@@ -321,7 +334,7 @@ fn effect_task(
                 Done {
                     probe,
                     line: format!("{action}: dry run, not run"),
-                    remedy: Some((action, "dry run")),
+                    remedy: Some((action, Ok("dry run"))),
                     undelivered: None,
                     delivered: None,
                 }
@@ -330,8 +343,8 @@ fn effect_task(
                 tracing::warn!(probe = %ctx.incident.probe, action = %action, reason = %ctx.incident.reason, "running remedy");
                 let result = action::run_remedy(&spec, &ctx).await;
                 let (line, outcome) = match result {
-                    Ok(s) => (format!("{action}: {s}"), "ok"),
-                    Err(e) => (format!("{action}: FAILED: {e}"), "failed"),
+                    Ok(s) => (format!("{action}: {s}"), Ok("ok")),
+                    Err(e) => (format!("{action}: FAILED: {e}"), Err(e)),
                 };
                 tracing::info!(probe = %ctx.incident.probe, action = %action, result = %line, "remedy done");
                 Done {

@@ -42,7 +42,7 @@ use crate::action::pager::{Ack, Pager};
 use crate::action::webhook::Page;
 use crate::action::{self, Context};
 use crate::clock;
-use crate::config::{self, Config};
+use crate::config::{self, ActionSpec, Config};
 use crate::events::Work;
 use crate::health::State;
 use crate::notify::Notifier;
@@ -61,6 +61,7 @@ enum Event {
         probe: String,
         action: String,
         result: Result<String, String>,
+        took: Duration,
     },
     Saved {
         /// Pages with an id up to this one are on disk.
@@ -315,6 +316,11 @@ pub async fn run(
         })
         .await;
     }
+    // A drain must never be left behind silently (incident 2021-02): say which servers stay
+    // out of rotation. (The `haproxy` pool probe sees them too, at the next start.)
+    for (server, held_for) in action::haproxy::held() {
+        tracing::warn!(server = %server, drained_for = %crate::probe::human(held_for), "stopping while this watchdog holds a server drained: it stays out of rotation until readied");
+    }
     // Give pagers a moment to deliver what they hold, taking note of what they did.
     let _ = daemon.pagers_stop.send(true);
     daemon.pagers.clear();
@@ -418,23 +424,32 @@ impl Daemon {
                 probe,
                 action,
                 result,
+                took,
             } => {
                 self.remedy_ended.insert(action.clone(), Instant::now());
-                let outcome = match &result {
+                match &result {
                     Ok(s) => {
-                        tracing::info!(probe = %probe, action = %action, result = %s, "remedy done");
-                        "ok"
+                        tracing::info!(probe = %probe, action = %action, result = %s, took = ?took, "remedy done");
                     }
                     Err(e) => {
-                        tracing::error!(probe = %probe, action = %action, error = %e, "remedy failed");
-                        "failed"
+                        tracing::error!(probe = %probe, action = %action, error = %e, took = ?took, "remedy failed");
                     }
-                };
-                if let Some(spec) = self.config.probe(&probe) {
-                    self.state
-                        .engine
-                        .remedy_finished(&spec.rules, &action, outcome, now);
+                }
+                if let Some(spec) = self.config.probe(&probe).cloned() {
+                    let result = match &result {
+                        Ok(_) => Ok("ok"),
+                        Err(e) => Err(e.as_str()),
+                    };
+                    let effects =
+                        self.state
+                            .engine
+                            .remedy_finished(&spec.rules, &action, result, now);
                     self.dirty = true;
+                    for effect in effects {
+                        if let Some(work) = crate::events::log_decision(effect) {
+                            self.carry_out(work, now);
+                        }
+                    }
                 }
             }
             Event::Saved {
@@ -511,9 +526,12 @@ impl Daemon {
                     tracing::info!(probe = %ctx.incident.probe, action = %action, running, "remedy joined: it is running or just ran for another probe; not run again");
                     if !running {
                         if let Some(spec) = self.config.probe(&ctx.incident.probe) {
-                            self.state
-                                .engine
-                                .remedy_finished(&spec.rules, &action, "joined", now);
+                            self.state.engine.remedy_finished(
+                                &spec.rules,
+                                &action,
+                                Ok("joined"),
+                                now,
+                            );
                         }
                         return;
                     }
@@ -524,6 +542,7 @@ impl Daemon {
                 self.dirty = true;
                 self.save();
                 self.remedy_tasks.spawn(async move {
+                    let started = Instant::now();
                     let result =
                         if dry_run {
                             Ok("dry run: not run".to_string())
@@ -545,6 +564,7 @@ impl Daemon {
                             probe,
                             action,
                             result,
+                            took: started.elapsed(),
                         })
                         .await;
                 });
@@ -656,6 +676,18 @@ impl Daemon {
                     }
                 });
                 let _ = reply.send(result);
+            }
+            Control::DrainFlags(reply) => {
+                let files = self
+                    .config
+                    .actions
+                    .values()
+                    .filter_map(|a| match a {
+                        ActionSpec::DrainFlag(f) => Some(f.file.clone()),
+                        _ => None,
+                    })
+                    .collect();
+                let _ = reply.send(files);
             }
             Control::Reload(reply) => {
                 let before = self.config.clone();

@@ -6,7 +6,7 @@ use crate::rules::Effect;
 pub use crate::rules::Work;
 
 /// Logs the decisions that need no carrying out (state changes, a spent budget, a page with
-/// nobody to receive it) and returns `None` for them; hands back the effects that need work.
+/// nobody to receive it, a rule held back) and returns `None` for them; hands back the effects that need work.
 pub fn log_decision(effect: Effect) -> Option<Work> {
     match effect {
         Effect::StateChanged {
@@ -32,6 +32,14 @@ pub fn log_decision(effect: Effect) -> Option<Work> {
         }
         Effect::NoPager { probe, summary } => {
             tracing::error!(probe = %probe, summary = %summary, "page due, but no rule of this probe names a pager");
+            None
+        }
+        Effect::Held {
+            probe,
+            actions,
+            because,
+        } => {
+            tracing::info!(probe = %probe, actions = %actions.join(", "), because = %because, "rule held back");
             None
         }
         Effect::Work(work) => Some(work),

@@ -6,12 +6,13 @@
 //! - [`clock`]: the boot-time clock every timestamp is on.
 //! - [`health`]: pure hysteresis, ok/fail observations to up/down.
 //! - [`rules`]: the pure rule engine, observations to [`rules::Effect`]s (remedies, pages).
-//! - [`probe`]: the checks that do I/O (`http`, `tcp`, `syn_backlog`, `process`, `memory`), each
-//!   a value in, an [`probe::Outcome`] out.
-//! - [`action`]: the effects: commands, signals, and pages (webhook, Alertmanager, PagerDuty,
-//!   email) through one queue per pager.
+//! - [`probe`]: the checks that do I/O (`http`, `tcp`, `syn_backlog`, `process`, `memory`,
+//!   `haproxy`), each a value in, an [`probe::Outcome`] out.
+//! - [`action`]: the effects: commands, signals, HAProxy drains, and pages (webhook,
+//!   Alertmanager, PagerDuty, email) through one queue per pager.
 //! - [`daemon`]: `watchdog run`, one task per probe, the engine in one task, actions spawned.
 //! - [`events`]: notable events, logged from one place each.
+//! - [`haproxy`]: HAProxy's runtime API (admin socket): `show stat`, `set server ... state`.
 //! - [`check`]: `watchdog check`, the one-shot for cron and container health checks.
 //! - [`state`]: what survives a restart: engine state and the page outbox, written atomically.
 //! - [`notify`]: sd_notify to systemd (ready, reloading, status, keep-alives).
@@ -26,6 +27,7 @@ pub mod clock;
 pub mod config;
 pub mod daemon;
 pub mod events;
+pub mod haproxy;
 pub mod health;
 pub mod logging;
 pub mod notify;

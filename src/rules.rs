@@ -11,10 +11,21 @@
 //!   count while it runs and for `restart_grace` after it; if the probe is still failing
 //!   `fail_after` times after that, the `down` rules fire again;
 //! - a **budget** (`3 per 15m`) caps how often a remedy may run; past it the engine stops
-//!   remedying and pages "giving up" once, instead of restarting in a storm.
+//!   remedying and pages "giving up" once, instead of restarting in a storm;
+//! - a **ladder** (`escalate = [...]`) takes its next step each time its rule fires (restart,
+//!   restart, drain, page), each step once per incident; when it runs out, "giving up" once;
+//! - a **backoff** spaces the remedies of a rule out (10 s, 20 s, 40 s ... after the previous
+//!   run) and **resets** once the probe has stayed healthy for a while between incidents, so a
+//!   service that flaps gets slower restarts but one good week wipes the slate;
+//! - **dependencies** (`depends_on`): while a probe this one depends on is down, its rules are
+//!   held back (no restart of the app for the database's outage, no second page); they fire
+//!   if it is still down once the dependency is up again;
+//! - a remedy that **fails** is an incident of its own (`apache/restart-apache`): its pages
+//!   go out at once and resolve when the action works again or the probe recovers.
 //!
 //! Budgets are counted per action name, across probes: two probes that both restart apache
-//! share one restart history, because what they restart is one thing.
+//! share one restart history, because what they restart is one thing. Backoff streaks are per
+//! probe and action: they measure how that probe's incidents go.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::time::Duration;
@@ -85,11 +96,60 @@ impl std::fmt::Display for Budget {
     }
 }
 
+/// Exponential spacing of a rule's remedies: none before the first run of a streak, then
+/// `first`, `2 × first`, ... up to `max` after the previous run. A streak ends when the probe
+/// stayed up for `reset_after` between two incidents.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Backoff {
+    pub first: Duration,
+    pub max: Duration,
+    pub reset_after: Duration,
+}
+
+impl Backoff {
+    pub const DEFAULT_MAX: Duration = Duration::from_secs(5 * 60);
+    pub const DEFAULT_RESET_AFTER: Duration = Duration::from_secs(10 * 60);
+
+    /// How long after the previous run the next may start, given the runs of the streak so far.
+    pub fn delay(&self, runs_so_far: u32) -> Duration {
+        match runs_so_far {
+            0 => Duration::ZERO,
+            n => self
+                .first
+                .saturating_mul(1u32 << (n - 1).min(20))
+                .min(self.max),
+        }
+    }
+}
+
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Rule {
     pub trigger: Trigger,
-    pub actions: Vec<ActionRef>,
+    /// `do = [a, b]` is one step, run in full each time the rule fires; `escalate = [a, a,
+    /// [b, c]]` is a ladder of steps.
+    pub steps: Vec<Vec<ActionRef>>,
+    /// Each firing takes the next step, once per incident (a ladder); else always step 0.
+    pub escalate: bool,
     pub budget: Option<Budget>,
+    pub backoff: Option<Backoff>,
+}
+
+impl Rule {
+    /// `do = [...]`: one step, every time.
+    pub fn each_time(trigger: Trigger, actions: Vec<ActionRef>, budget: Option<Budget>) -> Rule {
+        Rule {
+            trigger,
+            steps: vec![actions],
+            escalate: false,
+            budget,
+            backoff: None,
+        }
+    }
+
+    /// Every action the rule may run, in every step.
+    pub fn actions(&self) -> impl Iterator<Item = &ActionRef> {
+        self.steps.iter().flatten()
+    }
 }
 
 /// Everything the engine needs to know about one probe, built from checked config.
@@ -98,6 +158,8 @@ pub struct ProbeRules {
     pub probe: String,
     pub policy: HealthPolicy,
     pub rules: Vec<Rule>,
+    /// Probes this one depends on: while one of them is down, this one's rules wait.
+    pub depends_on: Vec<String>,
 }
 
 impl ProbeRules {
@@ -105,7 +167,7 @@ impl ProbeRules {
     fn pagers(&self) -> BTreeSet<&str> {
         self.rules
             .iter()
-            .flat_map(|r| &r.actions)
+            .flat_map(Rule::actions)
             .filter(|a| a.role == Role::Page)
             .map(|a| a.name.as_str())
             .collect()
@@ -153,6 +215,12 @@ pub enum Effect {
     /// A page was due ("giving up") but no rule of the probe names a pager: the effect layer
     /// logs it as an error so it is at least in the journal.
     NoPager { probe: String, summary: String },
+    /// A due rule waits (logged once per wait): for a dependency, or for its backoff.
+    Held {
+        probe: String,
+        actions: Vec<String>,
+        because: String,
+    },
 }
 
 /// The effects that need carrying out (the rest are only logged).
@@ -187,6 +255,37 @@ struct Incident {
     remedies: u32,
     gave_up: bool,
     pending_remedies: u32,
+    /// Ladder rules: index of the step the next firing takes.
+    #[serde(default)]
+    next_step: BTreeMap<usize, usize>,
+    /// Rules that were due but wait, and for what.
+    #[serde(default)]
+    held: BTreeMap<usize, Wait>,
+}
+
+/// Why a due rule waits.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+enum Wait {
+    /// This probe depends on one in trouble: "db is down".
+    Dependency(String),
+    /// Its backoff allows the next run at this time.
+    Backoff(Timestamp),
+}
+
+/// A probe's run of remedies of one action, for backoff.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+struct Streak {
+    runs: u32,
+    last: Timestamp,
+}
+
+/// A remedy that failed: an incident of its own until the action works again.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+struct ActionFailure {
+    id: u64,
+    since: Timestamp,
+    error: String,
+    paged: BTreeSet<String>,
 }
 
 /// What the engine remembers about one probe.
@@ -194,9 +293,63 @@ struct Incident {
 pub struct ProbeMemory {
     pub health: Health,
     incident: Option<Incident>,
+    /// When the last incident closed: how long the probe has been healthy since.
+    #[serde(default)]
+    last_closed: Option<Timestamp>,
+    /// Per remedy action, for backoff.
+    #[serde(default)]
+    streaks: BTreeMap<String, Streak>,
+    /// Per remedy action that failed and has not worked since.
+    #[serde(default)]
+    failed_actions: BTreeMap<String, ActionFailure>,
+}
+
+impl Incident {
+    fn open(id: u64, reason: &str, now: Timestamp) -> Incident {
+        Incident {
+            id,
+            opened: now,
+            reason: reason.to_string(),
+            fired_this_episode: BTreeSet::new(),
+            fired_once: BTreeSet::new(),
+            paged: BTreeSet::new(),
+            actions_taken: Vec::new(),
+            remedies: 0,
+            gave_up: false,
+            pending_remedies: 0,
+            next_step: BTreeMap::new(),
+            held: BTreeMap::new(),
+        }
+    }
+}
+
+impl ActionFailure {
+    /// Failed actions page as a probe of their own, `apache/restart-apache`, so that their
+    /// pages (and a pager's dedup keys and labels) never merge with the probe's own incident.
+    fn view(&self, spec: &ProbeRules, action: &str, health: &Health) -> IncidentView {
+        IncidentView {
+            id: self.id,
+            probe: format!("{}/{action}", spec.probe),
+            state: health.state,
+            reason: self.error.clone(),
+            since: self.since,
+            actions_taken: vec![action.to_string()],
+            remedies: 1,
+        }
+    }
 }
 
 impl ProbeMemory {
+    fn new(now: Timestamp) -> ProbeMemory {
+        ProbeMemory {
+            health: Health::new(now),
+            incident: None,
+            last_closed: None,
+            streaks: BTreeMap::new(),
+            failed_actions: BTreeMap::new(),
+        }
+    }
+
     pub fn incident_id(&self) -> Option<u64> {
         self.incident.as_ref().map(|i| i.id)
     }
@@ -241,15 +394,16 @@ impl Engine {
             // The pause ran out by itself: start afresh, as after `resume`.
             self.restart_health(&spec.probe, now);
         }
+        // A dependency in trouble holds every rule of this probe back.
+        let blocked_by = spec.depends_on.iter().find_map(|d| {
+            dependency_trouble(self.probes.get(d.as_str())).map(|t| format!("{d} {t}"))
+        });
         let mut effects = Vec::new();
         let next_incident = &mut self.next_incident;
         let memory = self
             .probes
             .entry(spec.probe.clone())
-            .or_insert_with(|| ProbeMemory {
-                health: Health::new(now),
-                incident: None,
-            });
+            .or_insert_with(|| ProbeMemory::new(now));
         let change = memory.health.observe(&spec.policy, verdict, now);
 
         let mut fire_down_rules = false;
@@ -264,18 +418,8 @@ impl Engine {
                 match to {
                     State::Down => {
                         *next_incident += 1;
-                        memory.incident = Some(Incident {
-                            id: *next_incident,
-                            opened: now,
-                            reason: reason.to_string(),
-                            fired_this_episode: BTreeSet::new(),
-                            fired_once: BTreeSet::new(),
-                            paged: BTreeSet::new(),
-                            actions_taken: Vec::new(),
-                            remedies: 0,
-                            gave_up: false,
-                            pending_remedies: 0,
-                        });
+                        memory.incident = Some(Incident::open(*next_incident, reason, now));
+                        end_streaks_after_sustained_health(spec, memory, now);
                         fire_down_rules = true;
                     }
                     State::Up => {
@@ -288,7 +432,15 @@ impl Engine {
                                 now,
                                 &mut effects,
                             );
+                            memory.last_closed = Some(now);
                         }
+                        resolve_action_failures(
+                            spec,
+                            memory,
+                            None,
+                            "the probe is up again",
+                            &mut effects,
+                        );
                     }
                     State::Starting => {}
                 }
@@ -308,11 +460,14 @@ impl Engine {
         {
             let open_for = now.saturating_since(incident.opened);
             for (index, rule) in spec.rules.iter().enumerate() {
+                let held = incident.held.contains_key(&index);
                 let due = match rule.trigger {
                     Trigger::Down => {
-                        fire_down_rules && !incident.fired_this_episode.contains(&index)
+                        held || (fire_down_rules && !incident.fired_this_episode.contains(&index))
                     }
-                    Trigger::DownFor(d) => open_for >= d && !incident.fired_once.contains(&index),
+                    Trigger::DownFor(d) => {
+                        held || (open_for >= d && !incident.fired_once.contains(&index))
+                    }
                     Trigger::Up => false,
                 };
                 if !due {
@@ -322,12 +477,98 @@ impl Engine {
                     Trigger::DownFor(_) => incident.fired_once.insert(index),
                     _ => incident.fired_this_episode.insert(index),
                 };
+                let position = if rule.escalate {
+                    incident.next_step.get(&index).copied().unwrap_or(0)
+                } else {
+                    0
+                };
+                let Some(step) = rule.steps.get(position) else {
+                    // The ladder ran out and the probe is still down: a human's turn, once.
+                    if !incident.gave_up {
+                        incident.gave_up = true;
+                        let summary = format!(
+                            "giving up on {}: its escalation ended after {} without recovery: {}",
+                            spec.probe,
+                            plural(rule.steps.len(), "step"),
+                            reason
+                        );
+                        page_all(
+                            spec,
+                            &memory.health,
+                            incident,
+                            PageEvent::GivingUp,
+                            &summary,
+                            &mut effects,
+                        );
+                    }
+                    continue;
+                };
+                let wait = match (&blocked_by, rule.backoff) {
+                    (Some(trouble), _) => Some(Wait::Dependency(trouble.clone())),
+                    (None, Some(backoff)) => step
+                        .iter()
+                        .filter(|a| a.role == Role::Remedy)
+                        .filter_map(|a| memory.streaks.get(&a.name))
+                        .map(|s| s.last + backoff.delay(s.runs))
+                        .max()
+                        .filter(|ready| now < *ready)
+                        .map(Wait::Backoff),
+                    (None, None) => None,
+                };
+                if let Some(wait) = wait {
+                    if let Wait::Backoff(_) = wait {
+                        // Backoff spaces out remedies, never a human being told.
+                        let pages: Vec<ActionRef> = step
+                            .iter()
+                            .filter(|a| a.role == Role::Page)
+                            .cloned()
+                            .collect();
+                        fire(
+                            spec,
+                            rule,
+                            &pages,
+                            &mut memory.health,
+                            incident,
+                            &mut self.runs,
+                            &mut memory.streaks,
+                            reason,
+                            now,
+                            &mut effects,
+                        );
+                    }
+                    if incident.held.get(&index) != Some(&wait) {
+                        let because = match &wait {
+                            Wait::Dependency(trouble) => {
+                                format!("{trouble}, and {} depends on it", spec.probe)
+                            }
+                            Wait::Backoff(ready) => format!(
+                                "backoff: next run in {}",
+                                humantime::format_duration(Duration::from_secs(
+                                    ready.saturating_since(now).as_secs()
+                                ))
+                            ),
+                        };
+                        effects.push(Effect::Held {
+                            probe: spec.probe.clone(),
+                            actions: step.iter().map(|a| a.name.clone()).collect(),
+                            because,
+                        });
+                        incident.held.insert(index, wait);
+                    }
+                    continue;
+                }
+                incident.held.remove(&index);
+                if rule.escalate {
+                    incident.next_step.insert(index, position + 1);
+                }
                 fire(
                     spec,
                     rule,
+                    step,
                     &mut memory.health,
                     incident,
                     &mut self.runs,
+                    &mut memory.streaks,
                     reason,
                     now,
                     &mut effects,
@@ -409,32 +650,73 @@ impl Engine {
         }
     }
 
-    /// A remedy ended (however it ended): start the probe's `restart_grace`.
+    /// A remedy ended: start the probe's `restart_grace`. `result` is `Ok(label)` (e.g. "ok",
+    /// "joined") or `Err(error)`. A failure is an incident of its own, paged at once to the
+    /// probe's pagers; the next success of that action (or the probe's recovery) resolves it.
     pub fn remedy_finished(
         &mut self,
         spec: &ProbeRules,
         action: &str,
-        outcome: &str,
+        result: Result<&str, &str>,
         now: Timestamp,
-    ) {
+    ) -> Vec<Effect> {
+        let mut effects = Vec::new();
         let Some(memory) = self.probes.get_mut(&spec.probe) else {
-            return;
+            return effects;
         };
+        match result {
+            Ok(_) => resolve_action_failures(
+                spec,
+                memory,
+                Some(action),
+                "the action worked again",
+                &mut effects,
+            ),
+            Err(error) if !memory.failed_actions.contains_key(action) => {
+                self.next_incident += 1;
+                let failure = ActionFailure {
+                    id: self.next_incident,
+                    since: now,
+                    error: error.to_string(),
+                    paged: spec.pagers().into_iter().map(String::from).collect(),
+                };
+                let summary = format!("{action} failed for {}: {error}", spec.probe);
+                if failure.paged.is_empty() {
+                    effects.push(Effect::NoPager {
+                        probe: spec.probe.clone(),
+                        summary: summary.clone(),
+                    });
+                }
+                let view = failure.view(spec, action, &memory.health);
+                for pager in &failure.paged {
+                    effects.push(Effect::Work(Work::Page {
+                        pager: pager.clone(),
+                        event: PageEvent::Firing,
+                        summary: summary.clone(),
+                        incident: view.clone(),
+                    }));
+                }
+                memory.failed_actions.insert(action.to_string(), failure);
+            }
+            Err(_) => {}
+        }
         let Some(incident) = memory.incident.as_mut() else {
-            return;
+            return effects;
         };
+        let label = result.unwrap_or("failed");
         if let Some(taken) = incident
             .actions_taken
             .iter_mut()
             .rev()
             .find(|t| t.as_str() == action)
         {
-            *taken = format!("{action} ({outcome})");
+            *taken = format!("{action} ({label})");
         }
         incident.pending_remedies = incident.pending_remedies.saturating_sub(1);
         if incident.pending_remedies == 0 {
             memory.health.remedy_finished(&spec.policy, now);
         }
+        effects
     }
 }
 
@@ -454,7 +736,7 @@ fn close_incident(
         .rules
         .iter()
         .filter(|r| r.trigger == Trigger::Up)
-        .flat_map(|r| &r.actions);
+        .flat_map(Rule::actions);
     for action in up_actions {
         effects.push(match action.role {
             Role::Remedy => Effect::Work(Work::Remedy {
@@ -487,18 +769,38 @@ fn close_incident(
     }
 }
 
+/// Why a dependency holds its dependents back, if it does: it is down, or its last check
+/// failed (both fail together, and the app's probe may trip first), or it was never checked.
+fn dependency_trouble(memory: Option<&ProbeMemory>) -> Option<&'static str> {
+    let Some(health) = memory.map(|m| &m.health) else {
+        return Some("is not checked yet");
+    };
+    if health.state == State::Down {
+        Some("is down")
+    } else if health.consecutive_failures > 0 {
+        Some("is failing")
+    } else if health.state == State::Starting && health.consecutive_successes == 0 {
+        Some("is not checked yet")
+    } else {
+        None
+    }
+}
+
+/// Runs one step of a rule: remedies within their budget, pages once per incident.
 #[allow(clippy::too_many_arguments)]
 fn fire(
     spec: &ProbeRules,
     rule: &Rule,
+    step: &[ActionRef],
     health: &mut Health,
     incident: &mut Incident,
     runs: &mut BTreeMap<String, Vec<Timestamp>>,
+    streaks: &mut BTreeMap<String, Streak>,
     reason: &str,
     now: Timestamp,
     effects: &mut Vec<Effect>,
 ) {
-    for action in &rule.actions {
+    for action in step {
         match action.role {
             Role::Remedy => {
                 if let Some(budget) = rule.budget {
@@ -535,6 +837,11 @@ fn fire(
                 } else {
                     runs.entry(action.name.clone()).or_default().push(now);
                 }
+                let streak = streaks
+                    .entry(action.name.clone())
+                    .or_insert(Streak { runs: 0, last: now });
+                streak.runs += 1;
+                streak.last = now;
                 incident.actions_taken.push(action.name.clone());
                 incident.remedies += 1;
                 incident.pending_remedies += 1;
@@ -562,6 +869,55 @@ fn fire(
     for history in runs.values_mut() {
         if history.len() > 1024 {
             history.drain(..history.len() - 1024);
+        }
+    }
+}
+
+/// A new incident after the probe stayed up for a rule's `reset_after`: that rule's remedies
+/// start a fresh streak (no backoff before the first run).
+fn end_streaks_after_sustained_health(spec: &ProbeRules, memory: &mut ProbeMemory, now: Timestamp) {
+    let healthy_for = memory
+        .last_closed
+        .map(|closed| now.saturating_since(closed));
+    for rule in &spec.rules {
+        let Some(backoff) = rule.backoff else {
+            continue;
+        };
+        if healthy_for.is_none_or(|h| h >= backoff.reset_after) {
+            for action in rule.actions() {
+                memory.streaks.remove(&action.name);
+            }
+        }
+    }
+}
+
+/// Closes the incidents of failed actions — of `only` that action, or all — with `why`.
+fn resolve_action_failures(
+    spec: &ProbeRules,
+    memory: &mut ProbeMemory,
+    only: Option<&str>,
+    why: &str,
+    effects: &mut Vec<Effect>,
+) {
+    let names: Vec<String> = memory
+        .failed_actions
+        .keys()
+        .filter(|a| only.is_none_or(|o| o == a.as_str()))
+        .cloned()
+        .collect();
+    for action in names {
+        let Some(failure) = memory.failed_actions.remove(&action) else {
+            continue;
+        };
+        let summary = format!("{action} for {}: resolved, {why}", spec.probe);
+        let view = failure.view(spec, &action, &memory.health);
+        for pager in &failure.paged {
+            effects.push(Effect::Work(Work::Page {
+                pager: pager.clone(),
+                event: PageEvent::Resolved,
+                summary: summary.clone(),
+                incident: view.clone(),
+            }));
         }
     }
 }
@@ -671,20 +1027,21 @@ mod tests {
                 startup_grace: Duration::ZERO,
                 restart_grace: Duration::from_secs(10),
             },
+            depends_on: Vec::new(),
             rules: vec![
-                Rule {
-                    trigger: Trigger::Down,
-                    actions: vec![remedy("restart")],
-                    budget: Some(Budget {
+                Rule::each_time(
+                    Trigger::Down,
+                    vec![remedy("restart")],
+                    Some(Budget {
                         max: 3,
                         per: Duration::from_secs(900),
                     }),
-                },
-                Rule {
-                    trigger: Trigger::DownFor(Duration::from_secs(60)),
-                    actions: vec![pager("oncall")],
-                    budget: None,
-                },
+                ),
+                Rule::each_time(
+                    Trigger::DownFor(Duration::from_secs(60)),
+                    vec![pager("oncall")],
+                    None,
+                ),
             ],
         }
     }
@@ -692,11 +1049,7 @@ mod tests {
     /// apache with one rule: down -> page oncall.
     fn pages_when_down() -> ProbeRules {
         ProbeRules {
-            rules: vec![Rule {
-                trigger: Trigger::Down,
-                actions: vec![pager("oncall")],
-                budget: None,
-            }],
+            rules: vec![Rule::each_time(Trigger::Down, vec![pager("oncall")], None)],
             ..apache()
         }
     }
@@ -704,33 +1057,54 @@ mod tests {
     /// Feeds one observation per second following `script` (+ ok, - fail), finishing each
     /// remedy one second after it starts, and lists what the engine asked for as "t:effect".
     fn simulate(engine: &mut Engine, spec: &ProbeRules, script: &str, start: u64) -> Vec<String> {
+        simulate_many(engine, &[(spec, script)], start)
+    }
+
+    /// [`simulate`] for several probes side by side (their lines say "t:probe effect").
+    fn simulate_many(
+        engine: &mut Engine,
+        probes: &[(&ProbeRules, &str)],
+        start: u64,
+    ) -> Vec<String> {
         let mut log = Vec::new();
-        let mut finishing: Vec<(u64, String)> = Vec::new();
-        for (i, c) in script.chars().enumerate() {
+        let mut finishing: Vec<(u64, usize, String)> = Vec::new();
+        let len = probes.iter().map(|(_, s)| s.len()).max().unwrap_or(0);
+        for i in 0..len {
             let t = start + i as u64;
-            for (_, action) in finishing.iter().filter(|(at, _)| *at == t) {
-                engine.remedy_finished(spec, action, "ok", Timestamp::secs(t));
+            for (_, p, action) in finishing.iter().filter(|(at, _, _)| *at == t) {
+                engine.remedy_finished(probes[*p].0, action, Ok("ok"), Timestamp::secs(t));
             }
-            finishing.retain(|(at, _)| *at != t);
-            let verdict = if c == '+' { Verdict::Ok } else { Verdict::Fail };
-            for effect in engine.observe(spec, verdict, "HTTP 504", Timestamp::secs(t)) {
-                match effect {
-                    Effect::StateChanged { to, .. } => log.push(format!("{t}:{to}")),
-                    Effect::Work(Work::Remedy { action, .. }) => {
-                        finishing.push((t + 1, action.clone()));
-                        log.push(format!("{t}:run {action}"));
+            finishing.retain(|(at, _, _)| *at != t);
+            for (p, (spec, script)) in probes.iter().enumerate() {
+                let Some(c) = script.chars().nth(i) else {
+                    continue;
+                };
+                let verdict = if c == '+' { Verdict::Ok } else { Verdict::Fail };
+                let at = if probes.len() > 1 {
+                    format!("{t}:{} ", spec.probe)
+                } else {
+                    format!("{t}:")
+                };
+                for effect in engine.observe(spec, verdict, "HTTP 504", Timestamp::secs(t)) {
+                    if let Effect::Work(Work::Remedy { action, .. }) = &effect {
+                        finishing.push((t + 1, p, action.clone()));
                     }
-                    Effect::Work(Work::Page { pager, event, .. }) => {
-                        log.push(format!("{t}:page {pager} {event:?}"))
-                    }
-                    Effect::BudgetSpent { action, .. } => {
-                        log.push(format!("{t}:budget spent {action}"))
-                    }
-                    Effect::NoPager { .. } => log.push(format!("{t}:no pager")),
+                    log.push(format!("{at}{}", describe(&effect)));
                 }
             }
         }
         log
+    }
+
+    fn describe(effect: &Effect) -> String {
+        match effect {
+            Effect::StateChanged { to, .. } => to.to_string(),
+            Effect::Work(Work::Remedy { action, .. }) => format!("run {action}"),
+            Effect::Work(Work::Page { pager, event, .. }) => format!("page {pager} {event:?}"),
+            Effect::BudgetSpent { action, .. } => format!("budget spent {action}"),
+            Effect::NoPager { .. } => "no pager".into(),
+            Effect::Held { because, .. } => format!("held ({because})"),
+        }
     }
 
     #[test]
@@ -850,14 +1224,14 @@ mod tests {
     fn no_pager_is_reported_not_swallowed() {
         let mut e = Engine::default();
         let spec = ProbeRules {
-            rules: vec![Rule {
-                trigger: Trigger::Down,
-                actions: vec![remedy("restart")],
-                budget: Some(Budget {
+            rules: vec![Rule::each_time(
+                Trigger::Down,
+                vec![remedy("restart")],
+                Some(Budget {
                     max: 1,
                     per: Duration::from_secs(900),
                 }),
-            }],
+            )],
             ..apache()
         };
         let log = simulate(&mut e, &spec, &format!("+{}", "-".repeat(30)), 0);
@@ -868,11 +1242,7 @@ mod tests {
     fn up_rules_run_on_recovery_only() {
         let mut e = Engine::default();
         let spec = ProbeRules {
-            rules: vec![Rule {
-                trigger: Trigger::Up,
-                actions: vec![remedy("notify")],
-                budget: None,
-            }],
+            rules: vec![Rule::each_time(Trigger::Up, vec![remedy("notify")], None)],
             ..apache()
         };
         assert_eq!(simulate(&mut e, &spec, "++", 0), ["0:up"]);
@@ -927,6 +1297,279 @@ mod tests {
         assert_eq!(
             simulate(&mut back, &apache(), "-", 3),
             ["3:down", "3:run restart"]
+        );
+    }
+
+    /// apache with a ladder: restart, restart, then drain and page together.
+    fn ladder() -> ProbeRules {
+        ProbeRules {
+            rules: vec![Rule {
+                trigger: Trigger::Down,
+                steps: vec![
+                    vec![remedy("restart")],
+                    vec![remedy("restart")],
+                    vec![remedy("drain"), pager("oncall")],
+                ],
+                escalate: true,
+                budget: Some(Budget::DEFAULT),
+                backoff: None,
+            }],
+            ..apache()
+        }
+    }
+
+    #[test]
+    fn a_ladder_takes_one_step_per_firing_then_gives_up_once() {
+        let mut e = Engine::default();
+        let log = simulate(&mut e, &ladder(), &format!("+{}", "-".repeat(80)), 0);
+        assert_eq!(
+            log,
+            [
+                "0:up",
+                "3:down",
+                "3:run restart",
+                "16:run restart",
+                "29:run drain",
+                "29:page oncall Firing",
+                "42:page oncall GivingUp",
+            ]
+            .map(String::from)
+            .to_vec()
+        );
+    }
+
+    #[test]
+    fn a_new_incident_climbs_the_ladder_from_the_bottom() {
+        let mut e = Engine::default();
+        let spec = ladder();
+        simulate(&mut e, &spec, &format!("+{}++", "-".repeat(20)), 0);
+        let log = simulate(&mut e, &spec, "---", 100);
+        assert_eq!(log, ["102:down", "102:run restart"]);
+    }
+
+    fn with_backoff(reset_after: u64) -> ProbeRules {
+        ProbeRules {
+            rules: vec![Rule {
+                backoff: Some(Backoff {
+                    first: Duration::from_secs(30),
+                    max: Duration::from_secs(50),
+                    reset_after: Duration::from_secs(reset_after),
+                }),
+                ..Rule::each_time(
+                    Trigger::Down,
+                    vec![remedy("restart")],
+                    Some(Budget {
+                        max: 10,
+                        per: Duration::from_secs(3600),
+                    }),
+                )
+            }],
+            ..apache()
+        }
+    }
+
+    #[test]
+    fn backoff_doubles_the_wait_between_restarts_up_to_its_max() {
+        let mut e = Engine::default();
+        let log = simulate(
+            &mut e,
+            &with_backoff(100),
+            &format!("+{}", "-".repeat(150)),
+            0,
+        );
+        // Restart at 3; still down at 16: the second waits 30 s after the first (t=33); the
+        // third would wait 60 s, capped at 50 s after the second (t=83).
+        assert_eq!(
+            log,
+            [
+                "0:up",
+                "3:down",
+                "3:run restart",
+                "16:held (backoff: next run in 17s)",
+                "33:run restart",
+                "46:held (backoff: next run in 37s)",
+                "83:run restart",
+                "96:held (backoff: next run in 37s)",
+                "133:run restart",
+                "146:held (backoff: next run in 37s)",
+            ]
+            .map(String::from)
+            .to_vec()
+        );
+    }
+
+    #[test]
+    fn backoff_resets_only_after_the_probe_stayed_up_long_enough() {
+        // Up for 3 s between incidents (< 100 s): the new incident's restart waits.
+        let mut e = Engine::default();
+        let spec = with_backoff(100);
+        simulate(&mut e, &spec, "+---++", 0);
+        let log = simulate(&mut e, &spec, "---", 8);
+        assert_eq!(
+            log,
+            ["10:down", "10:held (backoff: next run in 23s)"],
+            "a flapping service is not restarted at once"
+        );
+        // Up for 200 s (>= 100 s): a fresh streak, restarted at once.
+        let mut e = Engine::default();
+        simulate(&mut e, &spec, "+---++", 0);
+        assert_eq!(
+            simulate(&mut e, &spec, "---", 205),
+            ["207:down", "207:run restart"]
+        );
+    }
+
+    #[test]
+    fn a_held_back_restart_is_dropped_if_the_service_recovers_meanwhile() {
+        let mut e = Engine::default();
+        let log = simulate(
+            &mut e,
+            &with_backoff(100),
+            &format!("+{}++++", "-".repeat(20)),
+            0,
+        );
+        assert_eq!(
+            log,
+            [
+                "0:up",
+                "3:down",
+                "3:run restart",
+                "16:held (backoff: next run in 17s)",
+                "22:up",
+            ]
+        );
+    }
+
+    #[test]
+    fn while_a_dependency_is_down_the_dependent_waits_then_acts_if_still_down() {
+        let db = ProbeRules {
+            probe: "db".into(),
+            ..pages_when_down()
+        };
+        let app = ProbeRules {
+            probe: "app".into(),
+            depends_on: vec!["db".into()],
+            rules: vec![Rule::each_time(
+                Trigger::Down,
+                vec![remedy("restart-app"), pager("oncall")],
+                Some(Budget::DEFAULT),
+            )],
+            ..apache()
+        };
+        let mut e = Engine::default();
+        // db fails from t=1, app from t=2; db recovers at t=10..11, app never does.
+        let log = simulate_many(
+            &mut e,
+            &[(&db, "+---------++++"), (&app, "++------------")],
+            0,
+        );
+        assert_eq!(
+            log,
+            [
+                "0:db up",
+                "0:app up",
+                "3:db down",
+                "3:db page oncall Firing",
+                "4:app down",
+                "4:app held (db is down, and app depends on it)",
+                "11:db up",
+                "11:db page oncall Resolved",
+                "11:app run restart-app",
+                "11:app page oncall Firing",
+            ]
+            .map(String::from)
+            .to_vec()
+        );
+    }
+
+    #[test]
+    fn a_failed_remedy_is_an_incident_of_its_own() {
+        let mut e = Engine::default();
+        let spec = apache();
+        let log = simulate(&mut e, &spec, "+---", 0);
+        assert_eq!(log, ["0:up", "3:down", "3:run restart"]);
+        let effects = e.remedy_finished(&spec, "restart", Err("exit status 1"), Timestamp::secs(4));
+        assert!(
+            matches!(&effects[..], [Effect::Work(Work::Page { pager, event: PageEvent::Firing, summary, incident })]
+                if pager == "oncall" && summary == "restart failed for apache: exit status 1"
+                    && incident.probe == "apache/restart" && incident.id == 2),
+            "{effects:?}"
+        );
+        // A second failure of the same action does not page again.
+        assert!(
+            e.remedy_finished(&spec, "restart", Err("exit status 1"), Timestamp::secs(20))
+                .is_empty()
+        );
+        // The action working again resolves it.
+        let effects = e.remedy_finished(&spec, "restart", Ok("ok"), Timestamp::secs(40));
+        assert!(
+            matches!(&effects[..], [Effect::Work(Work::Page { event: PageEvent::Resolved, incident, .. })]
+                if incident.probe == "apache/restart"),
+            "{effects:?}"
+        );
+    }
+
+    #[test]
+    fn a_failed_remedy_resolves_when_the_probe_recovers() {
+        let mut e = Engine::default();
+        let spec = apache();
+        simulate(&mut e, &spec, "+---", 0);
+        assert_eq!(
+            e.remedy_finished(&spec, "restart", Err("timeout"), Timestamp::secs(4))
+                .len(),
+            1
+        );
+        let log = simulate(&mut e, &spec, "++", 5);
+        assert_eq!(log, ["6:up", "6:page oncall Resolved"]);
+    }
+
+    #[test]
+    fn state_written_before_ladders_and_backoff_still_loads() {
+        let mut e = Engine::default();
+        simulate(&mut e, &apache(), "+---", 0);
+        let mut json = serde_json::to_value(&e).unwrap();
+        let memory = &mut json["probes"]["apache"];
+        for key in ["last_closed", "streaks", "failed_actions"] {
+            memory.as_object_mut().unwrap().remove(key);
+        }
+        let incident = memory["incident"].as_object_mut().unwrap();
+        incident.remove("next_step");
+        incident.remove("held");
+        let back: Engine = serde_json::from_value(json).unwrap();
+        assert_eq!(back.probe("apache").unwrap().incident_id(), Some(1));
+    }
+
+    #[test]
+    fn a_dependency_that_is_failing_but_not_yet_down_holds_too() {
+        // Both fail from t=1; the app trips after 2 failures, the database after 3.
+        let db = ProbeRules {
+            probe: "db".into(),
+            ..pages_when_down()
+        };
+        let mut app = ProbeRules {
+            probe: "app".into(),
+            depends_on: vec!["db".into()],
+            rules: vec![Rule::each_time(
+                Trigger::Down,
+                vec![remedy("restart-app")],
+                Some(Budget::DEFAULT),
+            )],
+            ..apache()
+        };
+        app.policy.fail_after = 2;
+        let mut e = Engine::default();
+        let log = simulate_many(&mut e, &[(&db, "+---"), (&app, "+---")], 0);
+        assert_eq!(
+            log,
+            [
+                "0:db up",
+                "0:app up",
+                "2:app down",
+                "2:app held (db is failing, and app depends on it)",
+                "3:db down",
+                "3:db page oncall Firing",
+                "3:app held (db is down, and app depends on it)",
+            ]
         );
     }
 }

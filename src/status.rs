@@ -9,6 +9,7 @@
 //! | `POST /pause/{probe}?for=30m` | pause a probe (no `for`: until resumed) |
 //! | `POST /resume/{probe}` | resume it |
 //! | `POST /reload` | re-read the config, as SIGHUP does |
+//! | `GET /health` | 503 while a `drain_flag` action's file exists (drained), else 200; no token |
 //!
 //! The server never touches the engine: it asks the engine task through a [`Control`] channel
 //! and waits (with a timeout) for the answer, so the engine stays single-owner.
@@ -80,6 +81,8 @@ pub enum Control {
         reply: oneshot::Sender<Result<String, String>>,
     },
     Reload(oneshot::Sender<Result<String, String>>),
+    /// The files of the configured `drain_flag` actions, for `/health`.
+    DrainFlags(oneshot::Sender<Vec<PathBuf>>),
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
@@ -310,8 +313,29 @@ async fn reload(State(api): State<Api>, headers: HeaderMap) -> Response {
     }
 }
 
+/// `GET /health`, for load balancers that poll a URL (ALB, Envoy, nginx): 503 while drained.
+/// No token: load balancers send none, and it tells nothing but "drained or not".
+async fn health(State(api): State<Api>) -> Response {
+    let files = match ask(&api, Control::DrainFlags).await {
+        Ok(files) => files,
+        Err(r) => return r,
+    };
+    for file in files {
+        if let Ok(text) = tokio::fs::read_to_string(&file).await {
+            let line = text.lines().next().unwrap_or("").trim();
+            return (
+                StatusCode::SERVICE_UNAVAILABLE,
+                format!("drained: {} exists ({line})\n", file.display()),
+            )
+                .into_response();
+        }
+    }
+    (StatusCode::OK, "ok\n").into_response()
+}
+
 fn router(api: Api) -> Router {
     Router::new()
+        .route("/health", get(health))
         .route("/status", get(status))
         .route("/metrics", get(metrics))
         .route("/pause/{probe}", post(pause))

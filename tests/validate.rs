@@ -183,3 +183,122 @@ fn help_has_examples_for_every_verb() {
         );
     }
 }
+
+const ESCALATION: &str = r#"[[probe]]
+name = "db"
+kind = "tcp"
+address = "127.0.0.1:5432"
+depends_on = ["app"]
+
+[[probe]]
+name = "app"
+kind = "tcp"
+address = "127.0.0.1:8080"
+depends_on = ["db", "cache", "app"]
+
+[[rule]]
+probe = "app"
+when = "up"
+escalate = ["restart", ["drain", "page"]]
+
+[[rule]]
+probe = "app"
+when = "down"
+do = ["restart"]
+escalate = ["restart"]
+
+[[rule]]
+probe = "app"
+when = "down"
+escalate = ["page", "restart", []]
+backoff = "10s"
+backoff_max = "5s"
+
+[[rule]]
+probe = "db"
+when = "down"
+do = ["page"]
+backoff_reset = "1h"
+
+[action.restart]
+kind = "command"
+command = ["/bin/true"]
+
+[action.drain]
+kind = "command"
+command = ["/bin/true"]
+
+[action.page]
+kind = "webhook"
+url = "http://127.0.0.1:9/"
+"#;
+
+#[test]
+fn ladders_backoff_and_dependencies_are_checked() {
+    let dir = TempDir::new("escalation");
+    let path = dir.write("c.toml", ESCALATION);
+    let (code, _, stderr) = watchdog(&["validate", "-c", path.to_str().unwrap()]);
+    assert_eq!(code, 78, "{stderr}");
+    let m = path.display().to_string();
+    let expected = [
+        format!("{m}:5:15: probe \"db\": `depends_on` makes a cycle: db -> app -> db"),
+        format!("{m}:11:15: probe \"app\": `depends_on` makes a cycle: app -> db -> app"),
+        format!("{m}:11:21: probe \"app\": `depends_on`: no probe is named \"cache\""),
+        format!("{m}:11:30: probe \"app\": a probe cannot depend on itself"),
+        format!(
+            "{m}:15:8: rule for probe \"app\": `escalate` needs `when = \"down\"`: `when = \"up\"` fires once per incident"
+        ),
+        format!(
+            "{m}:21:6: rule for probe \"app\": set `do` (every action each time the rule fires) or `escalate`"
+        ),
+        format!("{m}:27:32: rule for probe \"app\": an empty step: name at least one action"),
+        format!(
+            "{m}:29:15: rule for probe \"app\": `backoff_max` (5s) is shorter than `backoff` (10s)"
+        ),
+        format!("{m}:35:17: rule for probe \"db\": `backoff_reset` needs `backoff`"),
+    ];
+    for want in &expected {
+        assert!(
+            stderr
+                .lines()
+                .any(|l| l.trim_start().starts_with(want.as_str())),
+            "missing `{want}` in:\n{stderr}"
+        );
+    }
+}
+
+#[test]
+fn a_ladder_step_that_only_pages_before_the_end_is_a_warning() {
+    let dir = TempDir::new("ladder-warning");
+    let text = ESCALATION
+        .split("[[rule]]")
+        .next()
+        .unwrap()
+        .replace(", \"cache\", \"app\"", "")
+        .replace("depends_on = [\"app\"]\n", "")
+        + r#"[[rule]]
+probe = "app"
+when = "down"
+escalate = ["restart", "page", ["drain", "page"]]
+
+[action.restart]
+kind = "command"
+command = ["/bin/true"]
+
+[action.drain]
+kind = "command"
+command = ["/bin/true"]
+
+[action.page]
+kind = "webhook"
+url = "http://127.0.0.1:9/"
+"#;
+    let path = dir.write("c.toml", &text);
+    let (code, stdout, stderr) = watchdog(&["validate", "-c", path.to_str().unwrap()]);
+    assert_eq!(code, 0, "{stderr}");
+    assert!(stdout.contains("valid: 2 probes, 1 rules"), "{stdout}");
+    assert!(
+        stderr.contains("step 2 only pages, so the ladder stops there"),
+        "{stderr}"
+    );
+}

@@ -4,6 +4,8 @@
 //! - `signal`: signal the process in a pidfile, escalate to SIGKILL, start it again;
 //! - `webhook`: POST the incident as JSON (or Slack's text), again when it resolves;
 //! - `alertmanager`, `pagerduty`, `email`: the same pages through those receivers.
+//! - `haproxy`: drain, maint, ready a server over HAProxy's runtime API; `restart_drained`
+//!   (drain, restart, undrain as one remedy) and `drain_flag` (for `/health`).
 //!
 //! Remedies ([`run_remedy`]) run in their own tasks and report back; pages go through
 //! [`pager::Pager`]s, queues with retries, reminders and digests that never block probing.
@@ -11,6 +13,7 @@
 pub mod alertmanager;
 pub mod command;
 pub mod email;
+pub mod haproxy;
 pub mod pager;
 pub mod pagerduty;
 pub mod signal;
@@ -59,5 +62,8 @@ pub async fn run_remedy(spec: &ActionSpec, ctx: &Context) -> Result<String, Stri
         | ActionSpec::Alertmanager(_)
         | ActionSpec::PagerDuty(_)
         | ActionSpec::Email(_) => Err(format!("a {} action is a pager, not a remedy", spec.kind())),
+        ActionSpec::Haproxy(h) => haproxy::run(h).await,
+        ActionSpec::RestartDrained(r) => haproxy::restart_drained(r, ctx).await,
+        ActionSpec::DrainFlag(f) => haproxy::flag(f).await,
     }
 }

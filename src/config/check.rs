@@ -20,7 +20,7 @@ use super::{
     WatchdogSettings, WebhookAction,
 };
 use crate::health::{HealthPolicy, Window};
-use crate::rules::{ActionRef, Budget, ProbeRules, Rule, Trigger};
+use crate::rules::{ActionRef, Backoff, Budget, ProbeRules, Rule, Trigger};
 
 mod pagers;
 
@@ -41,14 +41,14 @@ pub struct Document {
 }
 
 /// Where diagnostics go while one item is checked.
-struct Ctx<'a> {
-    source: &'a Source,
-    subject: Option<String>,
-    diags: &'a mut Diagnostics,
+pub(super) struct Ctx<'a> {
+    pub(super) source: &'a Source,
+    pub(super) subject: Option<String>,
+    pub(super) diags: &'a mut Diagnostics,
 }
 
 impl Ctx<'_> {
-    fn error(&mut self, at: usize, message: impl Into<String>) {
+    pub(super) fn error(&mut self, at: usize, message: impl Into<String>) {
         self.diags
             .error(self.source, at, self.subject.as_deref(), message);
     }
@@ -77,7 +77,7 @@ impl Ctx<'_> {
     }
 
     /// A duration that must not be zero.
-    fn positive_duration(&mut self, key: &str, text: &Option<Text>) -> Option<Duration> {
+    pub(super) fn positive_duration(&mut self, key: &str, text: &Option<Text>) -> Option<Duration> {
         let d = self.duration(key, text)?;
         if d.is_zero() {
             self.error(
@@ -105,7 +105,7 @@ impl Ctx<'_> {
     }
 
     /// Reports keys set on an item whose kind does not use them.
-    fn not_for_kind(&mut self, kind: &str, keys: &[(&str, Option<usize>)]) {
+    pub(super) fn not_for_kind(&mut self, kind: &str, keys: &[(&str, Option<usize>)]) {
         for (key, at) in keys {
             if let Some(at) = at {
                 self.error(*at, format!("`{key}` does not apply to kind \"{kind}\""));
@@ -114,7 +114,7 @@ impl Ctx<'_> {
     }
 }
 
-fn at<T>(v: &Option<Spanned<T>>) -> Option<usize> {
+pub(super) fn at<T>(v: &Option<Spanned<T>>) -> Option<usize> {
     v.as_ref().map(|s| s.span().start)
 }
 
@@ -233,9 +233,11 @@ pub fn check(documents: &[Document], diags: &mut Diagnostics) -> Option<Config> 
         None => Timing::default(),
     };
 
-    let actions = check_actions(documents, diags);
+    let mut actions = check_actions(documents, diags);
+    super::haproxy::link_restart_drained(documents, &mut actions, diags);
     let mut probes = check_probes(documents, &defaults, diags);
     check_rules(documents, &mut probes, &actions, diags);
+    check_dependencies(documents, &mut probes, diags);
 
     // Probes no rule acts on, and actions no rule uses: legal, but probably a mistake.
     let mut used_actions = BTreeSet::new();
@@ -249,7 +251,7 @@ pub fn check(documents: &[Document], diags: &mut Diagnostics) -> Option<Config> 
             );
         }
         for rule in &spec.rules.rules {
-            used_actions.extend(rule.actions.iter().map(|a| a.name.clone()));
+            used_actions.extend(rule.actions().map(|a| a.name.clone()));
         }
     }
     for (name, (_, source, at)) in &actions {
@@ -470,6 +472,10 @@ fn check_probe(ctx: &mut Ctx<'_>, p: &raw::Probe, defaults: &Timing) -> Option<P
         ("memory", "max_swap_used", at(&p.max_swap_used)),
         ("memory", "oom_kills", at(&p.oom_kills)),
         ("memory", "psi_trigger", at(&p.psi_trigger)),
+        ("haproxy", "socket", at(&p.socket)),
+        ("haproxy", "backend", at(&p.backend)),
+        ("haproxy", "min_ready", at(&p.min_ready)),
+        ("haproxy", "min_ready_ratio", at(&p.min_ready_ratio)),
     ];
 
     let kind = p.kind.get_ref().as_str();
@@ -501,6 +507,7 @@ fn check_probe(ctx: &mut Ctx<'_>, p: &raw::Probe, defaults: &Timing) -> Option<P
         "tcp" => CheckSpec::Tcp(check_tcp(ctx, p)?),
         "syn_backlog" => CheckSpec::SynBacklog(check_backlog(ctx, p)?),
         "process" => CheckSpec::Process(check_process(ctx, p)?),
+        "haproxy" => CheckSpec::Haproxy(super::haproxy::check_probe(ctx, p)?),
         _ => CheckSpec::Memory(check_memory(ctx, p)?),
     };
     let name = p.name.get_ref().clone();
@@ -513,6 +520,8 @@ fn check_probe(ctx: &mut Ctx<'_>, p: &raw::Probe, defaults: &Timing) -> Option<P
             probe: name,
             policy: timing.policy,
             rules: Vec::new(),
+            // Filled in by `check_dependencies` once every probe is known.
+            depends_on: Vec::new(),
         },
     })
 }
@@ -1020,7 +1029,7 @@ fn warn_unresolvable(ctx: &mut Ctx<'_>, at: usize, secret: &SecretRef) {
     }
 }
 
-type CheckedActions<'a> = BTreeMap<String, (ActionSpec, &'a Source, usize)>;
+pub(super) type CheckedActions<'a> = BTreeMap<String, (ActionSpec, &'a Source, usize)>;
 
 fn check_actions<'a>(documents: &'a [Document], diags: &mut Diagnostics) -> CheckedActions<'a> {
     let mut out = CheckedActions::new();
@@ -1106,7 +1115,39 @@ fn check_action(ctx: &mut Ctx<'_>, a: &raw::Action) -> Option<ActionSpec> {
     ];
     let webhook_keys = [("url", at(&a.url)), ("token", at(&a.token))];
     let kind = a.kind.get_ref().as_str();
+    if matches!(
+        kind,
+        "command" | "signal" | "webhook" | "alertmanager" | "pagerduty" | "email"
+    ) {
+        // `server` is also the email kind's (checked there).
+        let haproxy_keys = super::haproxy::action_keys(a);
+        let foreign: Vec<_> = haproxy_keys
+            .iter()
+            .filter(|(key, _)| kind != "email" || *key != "server")
+            .copied()
+            .collect();
+        ctx.not_for_kind(kind, &foreign);
+        ctx.not_for_kind(kind, &[("file", at(&a.file))]);
+    }
+    let not_haproxy = |ctx: &mut Ctx<'_>, kind: &str| {
+        ctx.not_for_kind(kind, &command_keys);
+        ctx.not_for_kind(kind, &signal_keys);
+        ctx.not_for_kind(kind, &webhook_keys);
+        pagers::reject_foreign_keys(ctx, kind, a);
+    };
     match kind {
+        "haproxy" => {
+            not_haproxy(ctx, kind);
+            super::haproxy::check_action(ctx, a).map(ActionSpec::Haproxy)
+        }
+        "restart_drained" => {
+            not_haproxy(ctx, kind);
+            super::haproxy::check_restart_drained(ctx, a).map(ActionSpec::RestartDrained)
+        }
+        "drain_flag" => {
+            not_haproxy(ctx, kind);
+            super::haproxy::check_flag_action(ctx, a).map(ActionSpec::DrainFlag)
+        }
         "command" => {
             // `start` is shared with the signal kind; here it pairs with `stop`, monit-style.
             ctx.not_for_kind(kind, &signal_keys[..3]);
@@ -1247,28 +1288,169 @@ fn check_action(ctx: &mut Ctx<'_>, a: &raw::Action) -> Option<ActionSpec> {
             pagers::check(ctx, kind, a)
         }
         other => {
-            let hint = closest(
-                other,
-                &[
-                    "command",
-                    "signal",
-                    "webhook",
-                    "alertmanager",
-                    "pagerduty",
-                    "email",
-                ],
-            )
-            .map(|s| format!(" (did you mean \"{s}\"?)"))
-            .unwrap_or_default();
+            let known = [
+                "command",
+                "signal",
+                "webhook",
+                "haproxy",
+                "restart_drained",
+                "drain_flag",
+                "alertmanager",
+                "pagerduty",
+                "email",
+            ];
+            let hint = closest(other, &known)
+                .map(|s| format!(" (did you mean \"{s}\"?)"))
+                .unwrap_or_default();
             ctx.error(
                 a.kind.span().start,
                 format!(
-                    "unknown action kind \"{other}\"{hint}; known kinds: command, signal, webhook, alertmanager, pagerduty, email"
+                    "unknown action kind \"{other}\"{hint}; known kinds: {}",
+                    known.join(", ")
                 ),
             );
             None
         }
     }
+}
+
+/// One step of a rule as written: where it is, and its action names with their positions.
+type WrittenStep<'a> = (usize, Vec<(&'a str, usize)>);
+
+/// `backoff`, `backoff_max`, `backoff_reset` of a rule.
+fn check_backoff(ctx: &mut Ctx<'_>, r: &raw::Rule) -> Option<Backoff> {
+    let first = ctx.positive_duration("backoff", &r.backoff);
+    let max = ctx.positive_duration("backoff_max", &r.backoff_max);
+    let reset_after = ctx.positive_duration("backoff_reset", &r.backoff_reset);
+    if r.backoff.is_none() {
+        for (key, at) in [
+            ("backoff_max", at(&r.backoff_max)),
+            ("backoff_reset", at(&r.backoff_reset)),
+        ] {
+            if let Some(at) = at {
+                ctx.error(at, format!("`{key}` needs `backoff` (the first delay)"));
+            }
+        }
+        return None;
+    }
+    let first = first?;
+    let max = max.unwrap_or(Backoff::DEFAULT_MAX.max(first));
+    if max < first {
+        ctx.error(
+            at(&r.backoff_max).unwrap_or(0),
+            format!(
+                "`backoff_max` ({}) is shorter than `backoff` ({})",
+                humantime::format_duration(max),
+                humantime::format_duration(first)
+            ),
+        );
+        return None;
+    }
+    Some(Backoff {
+        first,
+        max,
+        reset_after: reset_after.unwrap_or(Backoff::DEFAULT_RESET_AFTER),
+    })
+}
+
+/// `depends_on` of each probe: known probes, not itself, no cycles.
+fn check_dependencies(
+    documents: &[Document],
+    probes: &mut [Checked<'_, ProbeSpec>],
+    diags: &mut Diagnostics,
+) {
+    let index: BTreeMap<String, usize> = probes
+        .iter()
+        .enumerate()
+        .map(|(i, (p, _))| (p.name.clone(), i))
+        .collect();
+    let names: Vec<&str> = index.keys().map(String::as_str).collect();
+    let mut edges: Vec<(usize, Vec<(usize, usize)>)> = Vec::new();
+    for doc in documents {
+        for item in &doc.probes {
+            let p = &item.value;
+            let Some(deps) = &p.depends_on else {
+                continue;
+            };
+            let Some(&from) = index.get(p.name.get_ref()) else {
+                continue;
+            };
+            let mut ctx = Ctx {
+                source: &doc.source,
+                subject: Some(format!("probe \"{}\"", p.name.get_ref())),
+                diags,
+            };
+            let mut targets = Vec::new();
+            for dep in deps.get_ref() {
+                let name = dep.get_ref();
+                match index.get(name) {
+                    Some(&to) if to == from => {
+                        ctx.error(dep.span().start, "a probe cannot depend on itself")
+                    }
+                    Some(&to) => targets.push((to, dep.span().start)),
+                    None => {
+                        let hint = closest(name, &names)
+                            .map(|s| format!(" (did you mean \"{s}\"?)"))
+                            .unwrap_or_default();
+                        ctx.error(
+                            dep.span().start,
+                            format!("`depends_on`: no probe is named \"{name}\"{hint}"),
+                        );
+                    }
+                }
+            }
+            edges.push((from, targets));
+        }
+    }
+    // A cycle would hold every probe in it back forever once all are down.
+    let graph: BTreeMap<usize, Vec<usize>> = edges
+        .iter()
+        .map(|(from, to)| (*from, to.iter().map(|(t, _)| *t).collect()))
+        .collect();
+    for (from, targets) in &edges {
+        for &(to, at) in targets {
+            if let Some(path) = path_between(&graph, to, *from) {
+                let (source, _) = probes[*from].1;
+                let cycle: Vec<&str> = std::iter::once(*from)
+                    .chain(path)
+                    .map(|i| probes[i].0.name.as_str())
+                    .collect();
+                diags.error(
+                    source,
+                    at,
+                    Some(&format!("probe \"{}\"", probes[*from].0.name)),
+                    format!("`depends_on` makes a cycle: {}", cycle.join(" -> ")),
+                );
+            }
+        }
+    }
+    for (from, targets) in edges {
+        probes[from].0.rules.depends_on = targets
+            .into_iter()
+            .map(|(to, _)| probes[to].0.name.clone())
+            .collect();
+    }
+}
+
+/// The probes on a path `from` ..= `to` along `graph`, if there is one.
+fn path_between(graph: &BTreeMap<usize, Vec<usize>>, from: usize, to: usize) -> Option<Vec<usize>> {
+    let mut stack = vec![vec![from]];
+    let mut seen = BTreeSet::new();
+    while let Some(path) = stack.pop() {
+        let last = *path.last()?;
+        if last == to {
+            return Some(path);
+        }
+        if !seen.insert(last) {
+            continue;
+        }
+        for &next in graph.get(&last).into_iter().flatten() {
+            let mut longer = path.clone();
+            longer.push(next);
+            stack.push(longer);
+        }
+    }
+    None
 }
 
 fn check_rules(
@@ -1289,7 +1471,7 @@ fn check_rules(
         .flat_map(|d| d.actions.iter().map(|(n, _)| n.get_ref().as_str()))
         .collect();
     // (probe, trigger text, actions) -> line of the first rule, to spot rules that add nothing.
-    let mut seen: BTreeMap<(String, String, Vec<String>), usize> = BTreeMap::new();
+    let mut seen: BTreeMap<(String, String, String), usize> = BTreeMap::new();
     for doc in documents {
         for item in &doc.rules {
             let r = &item.value;
@@ -1320,30 +1502,117 @@ fn check_rules(
                     None
                 }
             };
-            if r.actions.get_ref().is_empty() {
+            // `do`: one step; `escalate`: a ladder. Each step's names resolved to actions.
+            let (escalate, written): (bool, Vec<WrittenStep<'_>>) = match (&r.actions, &r.escalate)
+            {
+                (Some(actions), None) => (
+                    false,
+                    vec![(
+                        actions.span().start,
+                        actions
+                            .get_ref()
+                            .iter()
+                            .map(|n| (n.get_ref().as_str(), n.span().start))
+                            .collect(),
+                    )],
+                ),
+                (None, Some(ladder)) => (
+                    true,
+                    ladder
+                        .get_ref()
+                        .iter()
+                        .map(|step| {
+                            let at = step.span().start;
+                            let names = match step.get_ref() {
+                                raw::Step::One(n) => vec![(n.as_str(), at)],
+                                raw::Step::Together(ns) => {
+                                    ns.iter().map(|n| (n.as_str(), at)).collect()
+                                }
+                            };
+                            (at, names)
+                        })
+                        .collect(),
+                ),
+                (Some(actions), Some(_)) => {
+                    ctx.error(
+                            actions.span().start,
+                            "set `do` (every action each time the rule fires) or `escalate` (the next step each time), not both",
+                        );
+                    ok = false;
+                    (false, Vec::new())
+                }
+                (None, None) => {
+                    ctx.error(
+                            r.when.span().start,
+                            "this rule does nothing: add `do = [\"action\"]` (or `escalate = [...]`, one step per firing)",
+                        );
+                    ok = false;
+                    (false, Vec::new())
+                }
+            };
+            if let Some(ladder) = &r.escalate
+                && ladder.get_ref().is_empty()
+            {
                 ctx.error(
-                    r.actions.span().start,
+                    ladder.span().start,
+                    "`escalate` is empty: name at least one step",
+                );
+                ok = false;
+            }
+            if let Some(actions) = &r.actions
+                && actions.get_ref().is_empty()
+            {
+                ctx.error(
+                    actions.span().start,
                     "`do` is empty: name at least one action",
                 );
                 ok = false;
             }
-            let mut refs = Vec::new();
-            for name in r.actions.get_ref() {
-                match actions.get(name.get_ref()) {
-                    Some((spec, _, _)) => refs.push(ActionRef {
-                        name: name.get_ref().clone(),
-                        role: spec.role(),
-                    }),
-                    None if declared.contains(&name.get_ref().as_str()) => ok = false,
-                    None => {
-                        let hint = closest(name.get_ref(), &declared)
-                            .map(|s| format!(" (did you mean \"{s}\"?)"))
-                            .unwrap_or_default();
-                        ctx.error(
-                            name.span().start,
-                            format!("unknown action \"{}\"{hint}", name.get_ref()),
+            let mut steps = Vec::new();
+            for (step_at, names) in &written {
+                if escalate && names.is_empty() {
+                    ctx.error(*step_at, "an empty step: name at least one action");
+                    ok = false;
+                }
+                let mut step = Vec::new();
+                for &(name, at) in names {
+                    match actions.get(name) {
+                        Some((spec, _, _)) => step.push(ActionRef {
+                            name: name.to_string(),
+                            role: spec.role(),
+                        }),
+                        None if declared.contains(&name) => ok = false,
+                        None => {
+                            let hint = closest(name, &declared)
+                                .map(|s| format!(" (did you mean \"{s}\"?)"))
+                                .unwrap_or_default();
+                            ctx.error(at, format!("unknown action \"{name}\"{hint}"));
+                            ok = false;
+                        }
+                    }
+                }
+                steps.push(step);
+            }
+            if escalate
+                && let Some(t) = trigger
+                && t != Trigger::Down
+            {
+                ctx.error(
+                    r.when.span().start,
+                    format!("`escalate` needs `when = \"down\"`: `when = \"{t}\"` fires once per incident, so only the first step would ever run"),
+                );
+                ok = false;
+            }
+            if escalate && ok {
+                // Nothing but a remedy that did not help fires a `down` rule again.
+                for (i, step) in steps.iter().enumerate() {
+                    if i + 1 < steps.len()
+                        && step.iter().all(|a| a.role == crate::rules::Role::Page)
+                    {
+                        ctx.warn(
+                            written[i].0,
+                            format!("step {} only pages, so the ladder stops there: a `down` rule fires again only after a remedy did not help", i + 1),
                         );
-                        ok = false;
                     }
                 }
             }
@@ -1358,14 +1627,24 @@ fn check_rules(
                 },
                 None => None,
             };
+            let backoff = check_backoff(&mut ctx, r);
             let (Some(trigger), Some(probe_index), true) = (trigger, probe_index, ok) else {
                 continue;
             };
-            let has_remedy = refs.iter().any(|a| a.role == crate::rules::Role::Remedy);
+            let has_remedy = steps
+                .iter()
+                .flatten()
+                .any(|a| a.role == crate::rules::Role::Remedy);
             if budget.is_some() && !has_remedy {
                 ctx.warn(
                     at(&r.budget).unwrap_or(item.at),
                     "`budget` limits remedies, but this rule only pages",
+                );
+            }
+            if backoff.is_some() && !has_remedy {
+                ctx.warn(
+                    at(&r.backoff).unwrap_or(item.at),
+                    "`backoff` spaces out remedies, but this rule only pages",
                 );
             }
             // No restart storms, ever: a remedy always has a budget, the default if unset.
@@ -1373,11 +1652,7 @@ fn check_rules(
             let key = (
                 probe_name.clone(),
                 trigger.to_string(),
-                r.actions
-                    .get_ref()
-                    .iter()
-                    .map(|a| a.get_ref().clone())
-                    .collect(),
+                format!("{escalate}{steps:?}"),
             );
             let (line, _) = doc.source.line_col(item.at);
             if let Some(first) = seen.get(&key) {
@@ -1392,8 +1667,10 @@ fn check_rules(
             seen.insert(key, line);
             probes[probe_index].0.rules.rules.push(Rule {
                 trigger,
-                actions: refs,
+                steps,
+                escalate,
                 budget,
+                backoff,
             });
         }
     }

@@ -13,6 +13,7 @@
 
 mod check;
 pub mod diagnostic;
+mod haproxy;
 mod load;
 pub mod pagers;
 pub mod raw;
@@ -23,6 +24,7 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 pub use diagnostic::{Diagnostic, Diagnostics, Severity};
+pub use haproxy::{DrainFlagAction, HaproxyAction, HaproxyCheck, RestartDrainedAction};
 pub use load::load;
 pub use pagers::{
     AlertmanagerAction, EmailAction, PagerDutyAction, Paging, SmtpTls, WebhookFormat,
@@ -109,10 +111,11 @@ pub enum CheckSpec {
     SynBacklog(BacklogCheck),
     Process(ProcessCheck),
     Memory(MemoryCheck),
+    Haproxy(HaproxyCheck),
 }
 
 impl CheckSpec {
-    pub const KINDS: [&str; 5] = ["http", "tcp", "syn_backlog", "process", "memory"];
+    pub const KINDS: [&str; 6] = ["http", "tcp", "syn_backlog", "process", "memory", "haproxy"];
 
     pub fn kind(&self) -> &'static str {
         match self {
@@ -121,6 +124,7 @@ impl CheckSpec {
             CheckSpec::SynBacklog(_) => "syn_backlog",
             CheckSpec::Process(_) => "process",
             CheckSpec::Memory(_) => "memory",
+            CheckSpec::Haproxy(_) => "haproxy",
         }
     }
 }
@@ -326,6 +330,9 @@ pub enum ActionSpec {
     Alertmanager(AlertmanagerAction),
     PagerDuty(PagerDutyAction),
     Email(EmailAction),
+    Haproxy(HaproxyAction),
+    RestartDrained(RestartDrainedAction),
+    DrainFlag(DrainFlagAction),
 }
 
 impl ActionSpec {
@@ -337,12 +344,18 @@ impl ActionSpec {
             ActionSpec::Alertmanager(_) => "alertmanager",
             ActionSpec::PagerDuty(_) => "pagerduty",
             ActionSpec::Email(_) => "email",
+            ActionSpec::Haproxy(_) => "haproxy",
+            ActionSpec::RestartDrained(_) => "restart_drained",
+            ActionSpec::DrainFlag(_) => "drain_flag",
         }
     }
 
     pub fn role(&self) -> Role {
         match self {
             ActionSpec::Command(_) | ActionSpec::Signal(_) => Role::Remedy,
+            ActionSpec::Haproxy(_) | ActionSpec::RestartDrained(_) | ActionSpec::DrainFlag(_) => {
+                Role::Remedy
+            }
             ActionSpec::Webhook(_)
             | ActionSpec::Alertmanager(_)
             | ActionSpec::PagerDuty(_)

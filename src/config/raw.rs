@@ -64,6 +64,9 @@ pub struct Probe {
     pub startup_grace: Option<Text>,
     pub restart_grace: Option<Text>,
 
+    /// Probes whose outage holds this probe's rules back.
+    pub depends_on: Option<Spanned<Vec<Text>>>,
+
     // http
     pub url: Option<Text>,
     pub method: Option<Text>,
@@ -112,6 +115,12 @@ pub struct Probe {
     pub max_swap_used: Option<Text>,
     pub oom_kills: Option<Spanned<bool>>,
     pub psi_trigger: Option<Text>,
+
+    // haproxy
+    pub socket: Option<Text>,
+    pub backend: Option<Text>,
+    pub min_ready: Option<Count>,
+    pub min_ready_ratio: Option<Spanned<f64>>,
 }
 
 /// A count or a percentage: `4` or `"80%"`.
@@ -130,15 +139,29 @@ pub enum StatusSpec {
     Ranges(String),
 }
 
-/// One `[[rule]]`.
+/// One `[[rule]]`: `do` (every action each time) or `escalate` (the next step each time).
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct Rule {
     pub probe: Text,
     pub when: Text,
     #[serde(rename = "do")]
-    pub actions: Spanned<Vec<Text>>,
+    pub actions: Option<Spanned<Vec<Text>>>,
+    pub escalate: Option<Spanned<Vec<Spanned<Step>>>>,
     pub budget: Option<Text>,
+    /// First delay between remedies, doubling: `"10s"`.
+    pub backoff: Option<Text>,
+    pub backoff_max: Option<Text>,
+    /// How long the probe must stay up between incidents for the delays to start over.
+    pub backoff_reset: Option<Text>,
+}
+
+/// One step of a ladder: an action, or several run together.
+#[derive(Debug, Deserialize, Clone)]
+#[serde(untagged)]
+pub enum Step {
+    One(String),
+    Together(Vec<String>),
 }
 
 /// One `[action.NAME]`; like [`Probe`], flat and checked per kind later.
@@ -174,11 +197,25 @@ pub struct Action {
     pub generator_url: Option<Text>,
     pub routing_key: Option<Text>,
     // email
-    pub server: Option<Text>,
+    // `server` ("host:port") is shared with haproxy's ("web/app1"): below
     pub tls: Option<Text>,
     pub user: Option<Text>,
     pub password: Option<Text>,
     pub ca_file: Option<Text>,
     pub from: Option<Text>,
     pub to: Option<Spanned<Vec<Text>>>,
+
+    // haproxy: `socket`, `server`, `operation`, `max_drains`
+    pub socket: Option<Text>,
+    pub server: Option<Text>,
+    pub operation: Option<Text>,
+    pub max_drains: Option<Count>,
+    // restart_drained
+    pub drain: Option<Text>,
+    pub restart: Option<Text>,
+    pub drain_timeout: Option<Text>,
+    pub healthy_timeout: Option<Text>,
+    pub healthy_url: Option<Text>,
+    // drain_flag (and `operation`)
+    pub file: Option<Text>,
 }

@@ -21,8 +21,8 @@ fn pager_keys(a: &raw::Action) -> [(&'static str, &'static [&'static str], Optio
     const AM: &[&str] = &["alertmanager"];
     const PD: &[&str] = &["pagerduty"];
     const EMAIL: &[&str] = &["email"];
-    // `server` is also HAProxy's (`"web/app1"`) on the haproxy branch: one raw field, two kinds.
-    const SERVER: &[&str] = &["email", "haproxy"];
+    // `server` is also HAProxy's (`"web/app1"`): one raw field; the haproxy kinds check it.
+    const SERVER: &[&str] = &["email", "haproxy", "restart_drained", "drain_flag"];
     [
         ("format", WEBHOOK, at(&a.format)),
         ("remind_every", HUMAN, at(&a.remind_every)),
