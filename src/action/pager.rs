@@ -374,21 +374,19 @@ impl Queue {
         }
     }
 
-    /// Sends the reminders (or refreshes) that are due: one attempt each, no retry queue (the
-    /// next one is due an interval later anyway).
+    /// Sends the reminders (or refreshes) that are due: one attempt, no retry queue (the next
+    /// one is due an interval later anyway). Refreshes go as one request (Alertmanager takes a
+    /// list); with a digest window, so do reminders (those due within the window join, so a
+    /// storm reminds as one digest too); otherwise each reminder is its own page.
     async fn repeat_due(&mut self) {
         let Some(repeat) = self.repeat else { return };
         let now = Instant::now();
-        let due: Vec<(String, u64)> = self
-            .open
-            .iter()
-            .filter(|(_, o)| o.due <= now)
-            .map(|(k, _)| k.clone())
-            .collect();
-        for key in due {
-            let Some(open) = self.open.get_mut(&key) else {
-                continue;
-            };
+        let horizon = match repeat {
+            Repeat::Remind(_) => now + self.digest.unwrap_or_default(),
+            Repeat::Refresh(_) => now,
+        };
+        let mut pages = Vec::new();
+        for open in self.open.values_mut().filter(|o| o.due <= horizon) {
             open.due = now + repeat.every();
             let mut page = open.page.clone();
             if let Repeat::Remind(_) = repeat {
@@ -410,16 +408,26 @@ impl Queue {
                     open.page.summary
                 );
             }
-            let what = match repeat {
-                Repeat::Remind(_) => "reminder",
-                Repeat::Refresh(_) => "refresh",
-            };
-            match deliver(&self.client, &self.spec, std::slice::from_ref(&page)).await {
+            pages.push(page);
+        }
+        let (what, together) = match repeat {
+            Repeat::Remind(_) => ("reminder", self.digest.is_some()),
+            Repeat::Refresh(_) => ("refresh", true),
+        };
+        let batches: Vec<Vec<Page>> = if together {
+            vec![pages]
+        } else {
+            pages.into_iter().map(|p| vec![p]).collect()
+        };
+        for batch in batches.into_iter().filter(|b| !b.is_empty()) {
+            let probes: Vec<&str> = batch.iter().map(|p| p.probe.as_str()).collect();
+            let probes = probes.join(",");
+            match deliver(&self.client, &self.spec, &batch).await {
                 Ok(()) => {
-                    tracing::info!(action = %self.name, kind = self.spec.kind(), probe = %page.probe, incident = page.incident, repeat = what, "page repeated")
+                    tracing::info!(action = %self.name, kind = self.spec.kind(), probe = %probes, pages = batch.len(), repeat = what, "page repeated")
                 }
                 Err(e) => {
-                    tracing::warn!(action = %self.name, kind = self.spec.kind(), probe = %page.probe, incident = page.incident, repeat = what, error = %e, "page repeat failed; next at the next interval")
+                    tracing::warn!(action = %self.name, kind = self.spec.kind(), probe = %probes, pages = batch.len(), repeat = what, error = %e, "page repeat failed; next at the next interval")
                 }
             }
         }
