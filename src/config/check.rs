@@ -22,6 +22,9 @@ use super::{
 use crate::health::{HealthPolicy, Window};
 use crate::rules::{ActionRef, Budget, ProbeRules, Rule, Trigger};
 
+/// `kind = "systemd"` actions.
+mod systemd;
+
 /// One deserialized item and the byte offset of its table.
 pub struct Item<T> {
     pub value: T,
@@ -1103,12 +1106,16 @@ fn check_action(ctx: &mut Ctx<'_>, a: &raw::Action) -> Option<ActionSpec> {
         ("start", at(&a.start)),
     ];
     let webhook_keys = [("url", at(&a.url)), ("token", at(&a.token))];
+    let systemd_keys = systemd::keys(a);
+    let group_key = [("process_group", at(&a.process_group))];
     let kind = a.kind.get_ref().as_str();
     match kind {
         "command" => {
             // `start` is shared with the signal kind; here it pairs with `stop`, monit-style.
             ctx.not_for_kind(kind, &signal_keys[..3]);
             ctx.not_for_kind(kind, &webhook_keys);
+            ctx.not_for_kind(kind, &systemd_keys);
+            ctx.not_for_kind(kind, &group_key);
             let timeout = ctx
                 .positive_duration("timeout", &a.timeout)
                 .unwrap_or(CommandAction::DEFAULT_TIMEOUT);
@@ -1146,6 +1153,7 @@ fn check_action(ctx: &mut Ctx<'_>, a: &raw::Action) -> Option<ActionSpec> {
         "signal" => {
             ctx.not_for_kind(kind, &command_keys);
             ctx.not_for_kind(kind, &webhook_keys);
+            ctx.not_for_kind(kind, &systemd_keys);
             let Some(pidfile) = &a.pidfile else {
                 ctx.error(a.kind.span().start, "a signal action needs `pidfile`");
                 return None;
@@ -1190,11 +1198,14 @@ fn check_action(ctx: &mut Ctx<'_>, a: &raw::Action) -> Option<ActionSpec> {
                 kill_after,
                 start,
                 timeout,
+                process_group: a.process_group.as_ref().is_some_and(|g| *g.get_ref()),
             }))
         }
         "webhook" => {
             ctx.not_for_kind(kind, &command_keys);
             ctx.not_for_kind(kind, &signal_keys);
+            ctx.not_for_kind(kind, &systemd_keys);
+            ctx.not_for_kind(kind, &group_key);
             let timeout = ctx
                 .positive_duration("timeout", &a.timeout)
                 .unwrap_or(WebhookAction::DEFAULT_TIMEOUT);
@@ -1231,14 +1242,22 @@ fn check_action(ctx: &mut Ctx<'_>, a: &raw::Action) -> Option<ActionSpec> {
                 timeout,
             }))
         }
+        "systemd" => {
+            ctx.not_for_kind(kind, &command_keys);
+            ctx.not_for_kind(kind, &webhook_keys);
+            ctx.not_for_kind(kind, &group_key);
+            // `signal` is shared: the signal of operation = "kill".
+            ctx.not_for_kind(kind, &[signal_keys[0], signal_keys[2], signal_keys[3]]);
+            systemd::check(ctx, a).map(ActionSpec::Systemd)
+        }
         other => {
-            let hint = closest(other, &["command", "signal", "webhook"])
+            let hint = closest(other, &["command", "signal", "webhook", "systemd"])
                 .map(|s| format!(" (did you mean \"{s}\"?)"))
                 .unwrap_or_default();
             ctx.error(
                 a.kind.span().start,
                 format!(
-                    "unknown action kind \"{other}\"{hint}; known kinds: command, signal, webhook"
+                    "unknown action kind \"{other}\"{hint}; known kinds: command, signal, webhook, systemd"
                 ),
             );
             None

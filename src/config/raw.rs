@@ -161,4 +161,12 @@ pub struct Action {
     // webhook
     pub url: Option<Text>,
     pub token: Option<Text>,
+
+    // signal: the whole process group, not just the pidfile's process
+    pub process_group: Option<Spanned<bool>>,
+
+    // systemd (and `signal` for operation = "kill")
+    pub unit: Option<Text>,
+    pub operation: Option<Text>,
+    pub bus: Option<Text>,
 }
