@@ -8,7 +8,7 @@
 //! - [`rules`]: the pure rule engine, observations to [`rules::Effect`]s (remedies, pages).
 //! - [`probe`]: the checks that do I/O (`http`, `tcp`, `syn_backlog`, `process`, `memory`), each
 //!   a value in, an [`probe::Outcome`] out.
-//! - [`action`]: the effects: commands, signals, webhook pages.
+//! - [`action`]: the effects: commands, signals, systemd units (D-Bus), webhook pages.
 //! - [`daemon`]: `watchdog run`, one task per probe, the engine in one task, actions spawned.
 //! - [`events`]: notable events, logged from one place each.
 //! - [`check`]: `watchdog check`, the one-shot for cron and container health checks.
