@@ -2,6 +2,12 @@
 //! namespaces of its own by [`systemd_ns::SystemdNs`]): `Type=notify` start, the failure
 //! before READY, `WatchdogSec=` restarts, `systemctl reload`, and logs in journald.
 //!
+//! And the `systemd` action against that systemd's own bus: the daemon (in the shipped unit's
+//! sandbox) restarting a failing fake apache unit over D-Bus, the start limit reported and not
+//! hammered, a job outliving its timeout, `kill`, the user bus (root's `user@0.service`), and
+//! the systemctl fallback with dbus stopped. Short-lived checks run `watchdog check` inside the
+//! namespace (`nsenter`), where the bus sockets are the namespace's.
+//!
 //! Each test installs a copy of the shipped unit changed only where a test must differ
 //! (see [`test_unit`]): the binary and config paths, shorter timers, and the state dir.
 //! Measured figures are printed (`cargo test --test systemd -- --nocapture`).
@@ -493,15 +499,23 @@ fn failing_probe_running(port: u16, action: &str, action_toml: &str) -> String {
 /// `watchdog check --json` run inside the namespace (so it reaches that systemd's bus): the
 /// lines of what it did about probe `svc`, and how long the run took.
 fn check_actions_inside(f: &Fixture) -> (Vec<String>, Duration) {
+    check_actions_inside_with(f, &[])
+}
+
+/// The same, with environment variables (`NAME=value`) for the check.
+fn check_actions_inside_with(f: &Fixture, env: &[&str]) -> (Vec<String>, Duration) {
     let bin = f.dir.path().join("watchdog");
     let t0 = Instant::now();
-    let out = f.ns.exec(&[
+    let mut argv = vec!["env"];
+    argv.extend_from_slice(env);
+    argv.extend_from_slice(&[
         bin.to_str().unwrap(),
         "check",
         "--json",
         "-c",
         f.config.to_str().unwrap(),
     ]);
+    let out = f.ns.exec(&argv);
     let took = t0.elapsed();
     let stdout = String::from_utf8_lossy(&out.stdout);
     let report: serde_json::Value = serde_json::from_str(&stdout).unwrap_or_else(|e| {
@@ -768,5 +782,139 @@ fn without_the_bus_systemctl_is_the_fallback() {
     assert!(
         line.contains("(over systemctl: the system bus is unreachable"),
         "{line}"
+    );
+}
+
+#[test]
+fn bus_user_restarts_a_service_of_the_user_manager() {
+    let (_held, port) = refusing_port();
+    let action =
+        "kind = \"systemd\"\nunit = \"sleeper.service\"\nbus = \"user\"\ntimeout = \"20s\"";
+    let f = Fixture::new(
+        "dbus-user",
+        &failing_probe_running(port, "restart-sleeper", action),
+    );
+    // root's own service manager (systemd --user) and its user bus, /run/user/0/bus.
+    f.ns.systemctl_ok(&["start", "user@0.service"]);
+    let user_units = Path::new("/proc")
+        .join(f.ns.pid1.to_string())
+        .join("root/run/systemd/user");
+    std::fs::create_dir_all(&user_units).unwrap();
+    std::fs::write(
+        user_units.join("sleeper.service"),
+        "[Service]\nExecStart=/bin/sleep 1000\n",
+    )
+    .unwrap();
+    let user = ["env", "XDG_RUNTIME_DIR=/run/user/0", "systemctl", "--user"];
+    let run_user = |args: &[&str]| {
+        let mut argv = user.to_vec();
+        argv.extend_from_slice(args);
+        f.ns.exec_ok(&argv)
+    };
+    run_user(&["daemon-reload"]);
+    run_user(&["start", "sleeper.service"]);
+    let main_pid = || {
+        run_user(&["show", "sleeper.service", "-p", "MainPID", "--value"])
+            .trim()
+            .to_string()
+    };
+    let before = main_pid();
+    // The system manager has no such unit: only the user bus can restart it.
+    assert_eq!(f.prop_of("sleeper.service", "LoadState"), "not-found");
+
+    let (actions, took) = check_actions_inside_with(&f, &["XDG_RUNTIME_DIR=/run/user/0"]);
+    let after = main_pid();
+    assert_eq!(actions.len(), 1, "{actions:?}");
+    assert!(
+        actions[0].starts_with("restart-sleeper: restart of sleeper.service: done in "),
+        "{}",
+        actions[0]
+    );
+    assert!(
+        actions[0].contains(&format!("active/running, MainPID {before} -> {after}")),
+        "{}",
+        actions[0]
+    );
+    assert_ne!(before, after);
+    assert!(!actions[0].contains("over systemctl"), "{}", actions[0]);
+    eprintln!(
+        "measured: restart of a user service over the user bus, check run {:.0} ms: {}",
+        took.as_secs_f64() * 1000.0,
+        actions[0]
+    );
+}
+
+#[test]
+fn kill_signals_the_unit_and_systemd_restarts_it_by_its_own_policy() {
+    let (_held, port) = refusing_port();
+    let action =
+        "kind = \"systemd\"\nunit = \"sleeper.service\"\noperation = \"kill\"\nsignal = \"KILL\"";
+    let f = Fixture::new(
+        "dbus-kill",
+        &failing_probe_running(port, "kill-sleeper", action),
+    );
+    // A worker beside the main process: `kill` reaches every process of the unit.
+    f.ns.install_unit(
+        "sleeper.service",
+        "[Service]\nExecStart=/bin/sh -c 'sleep 1000 & exec sleep 1001'\nRestart=always\nRestartSec=100ms\n",
+    );
+    f.ns.systemctl_ok(&["start", "sleeper.service"]);
+    let procs = || {
+        let cgroup = f.ns.exec_ok(&[
+            "systemctl",
+            "show",
+            "sleeper.service",
+            "-p",
+            "ControlGroup",
+            "--value",
+        ]);
+        f.ns.exec_ok(&[
+            "cat",
+            &format!("/sys/fs/cgroup{}/cgroup.procs", cgroup.trim()),
+        ])
+        .lines()
+        .map(str::to_string)
+        .collect::<Vec<_>>()
+    };
+    let mut old = Vec::new();
+    assert!(wait_until(Duration::from_secs(10), || {
+        old = procs();
+        old.len() == 2
+    }));
+    let before = f.ns.props("sleeper.service", &["MainPID", "NRestarts"]);
+    assert_eq!(before["NRestarts"], "0");
+
+    let (actions, _) = check_actions_inside(&f);
+    assert_eq!(actions.len(), 1, "{actions:?}");
+    assert!(
+        actions[0].starts_with(
+            "kill-sleeper: kill of sleeper.service: sent SIGKILL to all its processes; "
+        ),
+        "{}",
+        actions[0]
+    );
+    // Restart=always did the rest: this time NRestarts counts it.
+    let mut after = BTreeMap::new();
+    assert!(
+        wait_until(Duration::from_secs(10), || {
+            after =
+                f.ns.props("sleeper.service", &["MainPID", "NRestarts", "ActiveState"]);
+            after["NRestarts"] == "1" && after["ActiveState"] == "active"
+        }),
+        "{after:?}"
+    );
+    assert_ne!(after["MainPID"], before["MainPID"]);
+    // The old worker went with the main process: two new processes, none of the old.
+    let mut new = Vec::new();
+    assert!(
+        wait_until(Duration::from_secs(10), || {
+            new = procs();
+            new.len() == 2
+        }),
+        "{new:?}"
+    );
+    assert!(
+        new.iter().all(|p| !old.contains(p)),
+        "old {old:?}, new {new:?}"
     );
 }
