@@ -918,3 +918,20 @@ fn kill_signals_the_unit_and_systemd_restarts_it_by_its_own_policy() {
         "old {old:?}, new {new:?}"
     );
 }
+
+#[test]
+fn a_unit_that_does_not_exist_is_an_error_naming_it() {
+    let (_held, port) = refusing_port();
+    let action = "kind = \"systemd\"\nunit = \"no-such-thing.service\"";
+    let f = Fixture::new(
+        "dbus-missing",
+        &failing_probe_running(port, "restart-it", action),
+    );
+    let (actions, _) = check_actions_inside(&f);
+    assert_eq!(
+        actions,
+        [
+            "restart-it: FAILED: restart of no-such-thing.service: the unit cannot be acted on: LoadState=not-found"
+        ]
+    );
+}

@@ -111,8 +111,9 @@ async fn over_dbus(conn: &zbus::Connection, spec: &SystemdAction) -> Result<Stri
     };
     let before = UnitState::read(&unit, service.as_ref()).await?;
     if before.load_state != "loaded" {
+        // not-found, bad-setting, error, masked: systemd would refuse the job anyway.
         return Err(format!(
-            "the unit is {} (LoadState), nothing to act on",
+            "the unit cannot be acted on: LoadState={}",
             before.load_state
         ));
     }
