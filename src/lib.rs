@@ -8,7 +8,8 @@
 //! - [`rules`]: the pure rule engine, observations to [`rules::Effect`]s (remedies, pages).
 //! - [`probe`]: the checks that do I/O (`http`, `tcp`, `syn_backlog`, `process`, `memory`,
 //!   `haproxy`), each a value in, an [`probe::Outcome`] out.
-//! - [`action`]: the effects: commands, signals, HAProxy drains, and pages (webhook,
+//! - [`action`]: the effects: commands, signals, systemd units (D-Bus), HAProxy
+//!   drains, and pages (webhook,
 //!   Alertmanager, PagerDuty, email) through one queue per pager.
 //! - [`daemon`]: `watchdog run`, one task per probe, the engine in one task, actions spawned.
 //! - [`events`]: notable events, logged from one place each.

@@ -302,3 +302,78 @@ url = "http://127.0.0.1:9/"
         "{stderr}"
     );
 }
+
+/// `kind = "systemd"` and the signal action's `process_group`: every bad value at once, each at
+/// its line and column, keys of other kinds rejected.
+#[test]
+fn systemd_and_signal_action_problems_are_each_reported() {
+    let dir = TempDir::new("validate-systemd");
+    let text = r#"[[probe]]
+name = "web"
+kind = "tcp"
+address = "127.0.0.1:1"
+
+[[rule]]
+probe = "web"
+when = "down"
+do = ["a", "b", "c", "d", "e"]
+
+[action.a]
+kind = "systemd"
+unit = "apache2"
+operation = "restrat"
+
+[action.b]
+kind = "systemd"
+unit = "apache2.service"
+signal = "KILL"
+bus = "session"
+
+[action.c]
+kind = "systemd"
+unit = "apache2.service"
+pidfile = "/run/apache2.pid"
+process_group = true
+
+[action.d]
+kind = "command"
+command = ["/bin/true"]
+unit = "x.service"
+
+[action.e]
+kind = "systmd"
+"#;
+    let path = dir.write("c.toml", text);
+    let p = path.display().to_string();
+    let (code, _, stderr) = watchdog(&["validate", "-c", &p]);
+    assert_eq!(code, 78, "{stderr}");
+    for want in [
+        format!(
+            "{p}:13:8: action \"a\": `unit` \"apache2\" has no unit type suffix (did you mean \"apache2.service\"?)"
+        ),
+        format!(
+            "{p}:14:13: action \"a\": unknown `operation` \"restrat\" (did you mean \"restart\"?)"
+        ),
+        format!("{p}:19:10: action \"b\": `signal` applies only to operation = \"kill\""),
+        format!("{p}:20:7: action \"b\": `bus` \"session\" is neither \"system\" nor \"user\""),
+        format!("{p}:25:11: action \"c\": `pidfile` does not apply to kind \"systemd\""),
+        format!("{p}:26:17: action \"c\": `process_group` does not apply to kind \"systemd\""),
+        format!("{p}:31:8: action \"d\": `unit` does not apply to kind \"command\""),
+        format!(
+            "{p}:34:8: action \"e\": unknown action kind \"systmd\" (did you mean \"systemd\"?)"
+        ),
+    ] {
+        assert!(stderr.contains(&want), "missing: {want}\n---\n{stderr}");
+    }
+
+    // And a good one passes, with every key.
+    let good = text.split("[action.a]").next().unwrap().replace(
+        "do = [\"a\", \"b\", \"c\", \"d\", \"e\"]",
+        "do = [\"kill-apache\", \"stop-group\"]",
+    ) + "[action.kill-apache]\nkind = \"systemd\"\nunit = \"apache2.service\"\noperation = \"kill\"\n\
+         signal = \"SIGKILL\"\nbus = \"user\"\ntimeout = \"10s\"\n\n\
+         [action.stop-group]\nkind = \"signal\"\npidfile = \"/run/apache2.pid\"\nprocess_group = true\n";
+    let path = dir.write("good.toml", &good);
+    let (code, _, stderr) = watchdog(&["validate", "-c", path.to_str().unwrap()]);
+    assert_eq!(code, 0, "{good}\n---\n{stderr}");
+}

@@ -6,6 +6,7 @@
 //! - `alertmanager`, `pagerduty`, `email`: the same pages through those receivers.
 //! - `haproxy`: drain, maint, ready a server over HAProxy's runtime API; `restart_drained`
 //!   (drain, restart, undrain as one remedy) and `drain_flag` (for `/health`).
+//! - `systemd`: restart (start, stop, reload, kill) a unit over D-Bus and wait for the job.
 //!
 //! Remedies ([`run_remedy`]) run in their own tasks and report back; pages go through
 //! [`pager::Pager`]s, queues with retries, reminders and digests that never block probing.
@@ -17,6 +18,7 @@ pub mod haproxy;
 pub mod pager;
 pub mod pagerduty;
 pub mod signal;
+pub mod systemd;
 pub mod webhook;
 
 use crate::clock::Timestamp;
@@ -65,5 +67,6 @@ pub async fn run_remedy(spec: &ActionSpec, ctx: &Context) -> Result<String, Stri
         ActionSpec::Haproxy(h) => haproxy::run(h).await,
         ActionSpec::RestartDrained(r) => haproxy::restart_drained(r, ctx).await,
         ActionSpec::DrainFlag(f) => haproxy::flag(f).await,
+        ActionSpec::Systemd(s) => systemd::run(s).await,
     }
 }

@@ -5,6 +5,11 @@
 //! so a pid reused between our checks is never signalled. Before opening it we also refuse a
 //! pid whose process started *after* the pidfile was written: that pidfile is stale and the pid
 //! now belongs to an unrelated program.
+//!
+//! Identity is (pid, start time), read right after the pidfile: if the process at that pid
+//! has another start time once the pidfd is open, the pid was reused in between, and nothing is
+//! signalled. With `process_group = true` every member of the process's group is signalled,
+//! each through its own pidfd opened the same careful way (see `group`).
 
 use std::os::fd::OwnedFd;
 use std::path::Path;
@@ -13,6 +18,9 @@ use std::time::{Duration, Instant, SystemTime};
 use rustix::process::{Pid, PidfdFlags, pidfd_open, pidfd_send_signal};
 
 use super::command;
+
+/// `process_group = true`: the daemon and its workers, member by member.
+mod group;
 use crate::config::SignalAction;
 use crate::probe::human;
 
@@ -38,6 +46,14 @@ async fn stop(spec: &SignalAction) -> Result<String, String> {
         Ok(None) => return Ok(format!("no pidfile {}: nothing to stop", pidfile.display())),
         Err(e) => return Err(e),
     };
+    // The identity of the process we mean: its start time, read now. Read after the pidfile and
+    // checked again once the pidfd is open (`open_identified`).
+    let Some(start_ticks) = start_ticks(pid) else {
+        return Ok(format!(
+            "pid {pid} from {} is not running",
+            pidfile.display()
+        ));
+    };
     if let Some(stale) = started_after_pidfile(pid, pidfile) {
         return Ok(format!(
             "pidfile {} is stale ({stale}): not signalling pid {pid}",
@@ -47,16 +63,13 @@ async fn stop(spec: &SignalAction) -> Result<String, String> {
     let Some(raw) = Pid::from_raw(pid) else {
         return Err(format!("pidfile {} holds pid {pid}", pidfile.display()));
     };
-    let pidfd = match pidfd_open(raw, PidfdFlags::empty()) {
-        Ok(fd) => fd,
-        Err(rustix::io::Errno::SRCH) => {
-            return Ok(format!(
-                "pid {pid} from {} is not running",
-                pidfile.display()
-            ));
-        }
-        Err(e) => return Err(format!("cannot open pid {pid}: {e}")),
+    let pidfd = match open_identified(raw, start_ticks)? {
+        Target::Open(fd) => fd,
+        Target::Gone(why) => return Ok(format!("{why} (pidfile {})", pidfile.display())),
     };
+    if spec.process_group {
+        return group::stop(spec, pid, pidfd).await;
+    }
     // Opened on a zombie (dead, not yet reaped by its parent), the pidfd is already "exited":
     // say so rather than claim our signal stopped it.
     if is_zombie(pid) {
@@ -129,6 +142,59 @@ async fn wait_exit(pidfd: OwnedFd, timeout: Duration) -> Result<(OwnedFd, bool),
     joined.map_err(|e| format!("waiting for the process failed: {e}"))
 }
 
+/// What [`open_identified`] found at a pid.
+enum Target {
+    /// A pidfd on the very process we meant.
+    Open(OwnedFd),
+    /// It is gone, or the pid now names another process: why, for the result.
+    Gone(String),
+}
+
+/// Opens a pidfd on `pid` if it still names the process that started at `start_ticks`.
+///
+/// The pidfd names whatever process held the pid when it was opened. If that is still our
+/// process afterwards (same start time in /proc), it held the pid all along and the pidfd is
+/// its; signals through it can then never reach a later process with the same pid.
+fn open_identified(pid: Pid, start_ticks: u64) -> Result<Target, String> {
+    let n = pid.as_raw_nonzero().get();
+    let pidfd = match pidfd_open(pid, PidfdFlags::empty()) {
+        Ok(fd) => fd,
+        Err(rustix::io::Errno::SRCH) => {
+            return Ok(Target::Gone(format!("pid {n} is not running")));
+        }
+        Err(e) => return Err(format!("cannot open pid {n}: {e}")),
+    };
+    match self::start_ticks(n) {
+        Some(t) if t == start_ticks => Ok(Target::Open(pidfd)),
+        Some(t) => Ok(Target::Gone(format!(
+            "pid {n} was reused: its process started at tick {t}, not {start_ticks}; not signalled"
+        ))),
+        None => Ok(Target::Gone(format!("pid {n} exited"))),
+    }
+}
+
+/// Start time of a process in clock ticks after boot (/proc/PID/stat field 22): with the pid,
+/// the identity of a process, since a pid is reused only after its process is gone.
+fn start_ticks(pid: i32) -> Option<u64> {
+    stat_field(pid, 19)
+}
+
+/// The process group of `pid` (/proc/PID/stat field 5).
+fn process_group_of(pid: i32) -> Option<i32> {
+    stat_field(pid, 2)
+}
+
+/// Field `n` of /proc/PID/stat counted from the state (field 3), after the command name, which
+/// may contain spaces and parentheses.
+fn stat_field<T: std::str::FromStr>(pid: i32, n: usize) -> Option<T> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    stat[stat.rfind(')')? + 2..]
+        .split_whitespace()
+        .nth(n)?
+        .parse()
+        .ok()
+}
+
 fn is_zombie(pid: i32) -> bool {
     std::fs::read_to_string(format!("/proc/{pid}/stat"))
         .ok()
@@ -199,6 +265,35 @@ mod tests {
     fn own_process_has_a_start_time_in_the_past() {
         let t = process_start_time(std::process::id() as i32).expect("start time");
         assert!(t <= SystemTime::now());
+    }
+
+    /// A real child: opened when its identity matches, refused when the start time read
+    /// before opening is another process's (what a pid reused in between looks like), and
+    /// "not running" once it is reaped.
+    #[test]
+    fn a_pid_is_opened_only_with_its_own_start_time() {
+        let mut child = std::process::Command::new("sleep")
+            .arg("100")
+            .spawn()
+            .unwrap();
+        let n = child.id() as i32;
+        let pid = Pid::from_raw(n).unwrap();
+        let start = start_ticks(n).expect("start time");
+        assert!(matches!(open_identified(pid, start), Ok(Target::Open(_))));
+        match open_identified(pid, start - 1) {
+            Ok(Target::Gone(why)) => assert!(why.contains("was reused"), "{why}"),
+            _ => panic!("a changed start time was not refused"),
+        }
+        child.kill().unwrap();
+        child.wait().unwrap();
+        match open_identified(pid, start) {
+            // Or, on a busy machine, already another process's: refused either way.
+            Ok(Target::Gone(why)) => assert!(
+                why.contains("not running") || why.contains("was reused"),
+                "{why}"
+            ),
+            _ => panic!("a reaped pid was opened"),
+        }
     }
 
     #[test]

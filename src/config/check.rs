@@ -24,6 +24,9 @@ use crate::rules::{ActionRef, Backoff, Budget, ProbeRules, Rule, Trigger};
 
 mod pagers;
 
+/// `kind = "systemd"` actions.
+mod systemd;
+
 /// One deserialized item and the byte offset of its table.
 pub struct Item<T> {
     pub value: T,
@@ -1114,6 +1117,8 @@ fn check_action(ctx: &mut Ctx<'_>, a: &raw::Action) -> Option<ActionSpec> {
         ("start", at(&a.start)),
     ];
     let webhook_keys = [("url", at(&a.url)), ("token", at(&a.token))];
+    let systemd_keys = systemd::keys(a);
+    let group_key = [("process_group", at(&a.process_group))];
     let kind = a.kind.get_ref().as_str();
     if matches!(
         kind,
@@ -1133,6 +1138,8 @@ fn check_action(ctx: &mut Ctx<'_>, a: &raw::Action) -> Option<ActionSpec> {
         ctx.not_for_kind(kind, &command_keys);
         ctx.not_for_kind(kind, &signal_keys);
         ctx.not_for_kind(kind, &webhook_keys);
+        ctx.not_for_kind(kind, &systemd_keys);
+        ctx.not_for_kind(kind, &group_key);
         pagers::reject_foreign_keys(ctx, kind, a);
     };
     match kind {
@@ -1153,6 +1160,8 @@ fn check_action(ctx: &mut Ctx<'_>, a: &raw::Action) -> Option<ActionSpec> {
             ctx.not_for_kind(kind, &signal_keys[..3]);
             ctx.not_for_kind(kind, &webhook_keys);
             pagers::reject_foreign_keys(ctx, kind, a);
+            ctx.not_for_kind(kind, &systemd_keys);
+            ctx.not_for_kind(kind, &group_key);
             let timeout = ctx
                 .positive_duration("timeout", &a.timeout)
                 .unwrap_or(CommandAction::DEFAULT_TIMEOUT);
@@ -1191,6 +1200,7 @@ fn check_action(ctx: &mut Ctx<'_>, a: &raw::Action) -> Option<ActionSpec> {
             ctx.not_for_kind(kind, &command_keys);
             ctx.not_for_kind(kind, &webhook_keys);
             pagers::reject_foreign_keys(ctx, kind, a);
+            ctx.not_for_kind(kind, &systemd_keys);
             let Some(pidfile) = &a.pidfile else {
                 ctx.error(a.kind.span().start, "a signal action needs `pidfile`");
                 return None;
@@ -1235,12 +1245,15 @@ fn check_action(ctx: &mut Ctx<'_>, a: &raw::Action) -> Option<ActionSpec> {
                 kill_after,
                 start,
                 timeout,
+                process_group: a.process_group.as_ref().is_some_and(|g| *g.get_ref()),
             }))
         }
         "webhook" => {
             ctx.not_for_kind(kind, &command_keys);
             ctx.not_for_kind(kind, &signal_keys);
             let (format, paging) = pagers::webhook_extras(ctx, a);
+            ctx.not_for_kind(kind, &systemd_keys);
+            ctx.not_for_kind(kind, &group_key);
             let timeout = ctx
                 .positive_duration("timeout", &a.timeout)
                 .unwrap_or(WebhookAction::DEFAULT_TIMEOUT);
@@ -1279,12 +1292,27 @@ fn check_action(ctx: &mut Ctx<'_>, a: &raw::Action) -> Option<ActionSpec> {
                 paging,
             }))
         }
+        "systemd" => {
+            ctx.not_for_kind(kind, &command_keys);
+            ctx.not_for_kind(kind, &webhook_keys);
+            ctx.not_for_kind(kind, &group_key);
+            // `signal` is shared: the signal of operation = "kill"; `operation` too (haproxy's).
+            ctx.not_for_kind(kind, &[signal_keys[0], signal_keys[2], signal_keys[3]]);
+            let haproxy_keys = super::haproxy::action_keys(a);
+            ctx.not_for_kind(kind, &haproxy_keys[..2]);
+            ctx.not_for_kind(kind, &haproxy_keys[3..]);
+            ctx.not_for_kind(kind, &[("file", at(&a.file))]);
+            pagers::reject_foreign_keys(ctx, kind, a);
+            systemd::check(ctx, a).map(ActionSpec::Systemd)
+        }
         "alertmanager" | "pagerduty" | "email" => {
             ctx.not_for_kind(kind, &command_keys);
             ctx.not_for_kind(kind, &signal_keys);
             if kind != "email" && a.token.is_some() {
                 ctx.not_for_kind(kind, &webhook_keys[1..]);
             }
+            ctx.not_for_kind(kind, &systemd_keys);
+            ctx.not_for_kind(kind, &group_key);
             pagers::check(ctx, kind, a)
         }
         other => {
@@ -1298,6 +1326,7 @@ fn check_action(ctx: &mut Ctx<'_>, a: &raw::Action) -> Option<ActionSpec> {
                 "alertmanager",
                 "pagerduty",
                 "email",
+                "systemd",
             ];
             let hint = closest(other, &known)
                 .map(|s| format!(" (did you mean \"{s}\"?)"))

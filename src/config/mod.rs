@@ -333,6 +333,7 @@ pub enum ActionSpec {
     Haproxy(HaproxyAction),
     RestartDrained(RestartDrainedAction),
     DrainFlag(DrainFlagAction),
+    Systemd(SystemdAction),
 }
 
 impl ActionSpec {
@@ -347,15 +348,17 @@ impl ActionSpec {
             ActionSpec::Haproxy(_) => "haproxy",
             ActionSpec::RestartDrained(_) => "restart_drained",
             ActionSpec::DrainFlag(_) => "drain_flag",
+            ActionSpec::Systemd(_) => "systemd",
         }
     }
 
     pub fn role(&self) -> Role {
         match self {
             ActionSpec::Command(_) | ActionSpec::Signal(_) => Role::Remedy,
-            ActionSpec::Haproxy(_) | ActionSpec::RestartDrained(_) | ActionSpec::DrainFlag(_) => {
-                Role::Remedy
-            }
+            ActionSpec::Haproxy(_)
+            | ActionSpec::RestartDrained(_)
+            | ActionSpec::DrainFlag(_)
+            | ActionSpec::Systemd(_) => Role::Remedy,
             ActionSpec::Webhook(_)
             | ActionSpec::Alertmanager(_)
             | ActionSpec::PagerDuty(_)
@@ -397,6 +400,9 @@ pub struct SignalAction {
     pub start: Option<Vec<String>>,
     /// Timeout of the start command.
     pub timeout: Duration,
+    /// Signal every process of the pidfile process's group (a daemon and its workers), each
+    /// through its own pidfd.
+    pub process_group: bool,
 }
 
 impl SignalAction {
@@ -416,4 +422,57 @@ pub struct WebhookAction {
 
 impl WebhookAction {
     pub const DEFAULT_TIMEOUT: Duration = Duration::from_secs(5);
+}
+
+/// Asks systemd (over D-Bus) to restart, start, stop, reload or kill a unit, and waits for the
+/// job to end.
+#[derive(Debug, Clone)]
+pub struct SystemdAction {
+    pub unit: String,
+    pub operation: SystemdOperation,
+    /// For [`SystemdOperation::Kill`]: sent to every process of the unit.
+    pub signal: nix::sys::signal::Signal,
+    pub bus: SystemdBus,
+    /// How long to wait for the job (its JobRemoved signal).
+    pub timeout: Duration,
+}
+
+impl SystemdAction {
+    /// systemd's own default start timeout (DefaultTimeoutStartSec) is 90 s.
+    pub const DEFAULT_TIMEOUT: Duration = Duration::from_secs(90);
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SystemdOperation {
+    Restart,
+    Start,
+    Stop,
+    Reload,
+    Kill,
+}
+
+impl SystemdOperation {
+    pub const NAMES: [&str; 5] = ["restart", "start", "stop", "reload", "kill"];
+
+    pub fn parse(name: &str) -> Option<SystemdOperation> {
+        Some(match name {
+            "restart" => SystemdOperation::Restart,
+            "start" => SystemdOperation::Start,
+            "stop" => SystemdOperation::Stop,
+            "reload" => SystemdOperation::Reload,
+            "kill" => SystemdOperation::Kill,
+            _ => return None,
+        })
+    }
+
+    pub fn name(self) -> &'static str {
+        Self::NAMES[self as usize]
+    }
+}
+
+/// Which systemd: the system manager, or the user's own (`systemctl --user`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SystemdBus {
+    System,
+    User,
 }

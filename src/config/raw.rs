@@ -218,4 +218,11 @@ pub struct Action {
     pub healthy_url: Option<Text>,
     // drain_flag (and `operation`)
     pub file: Option<Text>,
+
+    // signal: the whole process group, not just the pidfile's process
+    pub process_group: Option<Spanned<bool>>,
+
+    // systemd (and `signal` for operation = "kill"; `operation` is shared with haproxy's)
+    pub unit: Option<Text>,
+    pub bus: Option<Text>,
 }
