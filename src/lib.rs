@@ -6,9 +6,10 @@
 //! - [`clock`]: the boot-time clock every timestamp is on.
 //! - [`health`]: pure hysteresis, ok/fail observations to up/down.
 //! - [`rules`]: the pure rule engine, observations to [`rules::Effect`]s (remedies, pages).
-//! - [`probe`]: the checks that do I/O (`http`, `tcp`, `syn_backlog`, `process`, `memory`), each
-//!   a value in, an [`probe::Outcome`] out.
-//! - [`action`]: the effects: commands, signals, webhook pages.
+//! - [`probe`]: the checks that do I/O (`http`, `tcp`, `syn_backlog`, `process`, `memory`,
+//!   `docker`), each a value in, an [`probe::Outcome`] out.
+//! - [`action`]: the effects: commands, signals, webhook pages, Docker container operations.
+//! - [`docker`]: the Docker Engine API client the docker probe and action share.
 //! - [`daemon`]: `watchdog run`, one task per probe, the engine in one task, actions spawned.
 //! - [`events`]: notable events, logged from one place each.
 //! - [`check`]: `watchdog check`, the one-shot for cron and container health checks.
@@ -24,6 +25,7 @@ pub mod cli;
 pub mod clock;
 pub mod config;
 pub mod daemon;
+pub mod docker;
 pub mod events;
 pub mod health;
 pub mod logging;

@@ -2,12 +2,14 @@
 //!
 //! - `command`: run an argv (never a shell) with the incident in its environment;
 //! - `signal`: signal the process in a pidfile, escalate to SIGKILL, start it again;
-//! - `webhook`: POST the incident as JSON, again when it resolves.
+//! - `webhook`: POST the incident as JSON, again when it resolves;
+//! - `docker`: restart, stop, kill or start containers through the Docker Engine API.
 //!
 //! Remedies ([`run_remedy`]) run in their own tasks and report back; pages go through
 //! [`webhook::Pager`]s, queues with retries that never block probing.
 
 pub mod command;
+pub mod docker;
 pub mod signal;
 pub mod webhook;
 
@@ -51,5 +53,6 @@ pub async fn run_remedy(spec: &ActionSpec, ctx: &Context) -> Result<String, Stri
         ActionSpec::Command(c) => command::run_steps(&c.steps, &ctx.env(), c.timeout).await,
         ActionSpec::Signal(s) => signal::run(s, &ctx.env()).await,
         ActionSpec::Webhook(_) => Err("a webhook is a pager, not a remedy".into()),
+        ActionSpec::Docker(d) => docker::run(d).await,
     }
 }

@@ -22,6 +22,9 @@ use super::{
 use crate::health::{HealthPolicy, Window};
 use crate::rules::{ActionRef, Budget, ProbeRules, Rule, Trigger};
 
+/// The docker probe and action: their checks live apart, in `check/docker.rs`.
+mod docker;
+
 /// One deserialized item and the byte offset of its table.
 pub struct Item<T> {
     pub value: T,
@@ -468,6 +471,8 @@ fn check_probe(ctx: &mut Ctx<'_>, p: &raw::Probe, defaults: &Timing) -> Option<P
         ("memory", "max_swap_used", at(&p.max_swap_used)),
         ("memory", "oom_kills", at(&p.oom_kills)),
         ("memory", "psi_trigger", at(&p.psi_trigger)),
+        ("docker", "container", at(&p.container)),
+        ("docker", "socket", at(&p.socket)),
     ];
 
     let kind = p.kind.get_ref().as_str();
@@ -499,6 +504,7 @@ fn check_probe(ctx: &mut Ctx<'_>, p: &raw::Probe, defaults: &Timing) -> Option<P
         "tcp" => CheckSpec::Tcp(check_tcp(ctx, p)?),
         "syn_backlog" => CheckSpec::SynBacklog(check_backlog(ctx, p)?),
         "process" => CheckSpec::Process(check_process(ctx, p)?),
+        "docker" => CheckSpec::Docker(docker::check_probe(ctx, p)?),
         _ => CheckSpec::Memory(check_memory(ctx, p)?),
     };
     let name = p.name.get_ref().clone();
@@ -1103,12 +1109,14 @@ fn check_action(ctx: &mut Ctx<'_>, a: &raw::Action) -> Option<ActionSpec> {
         ("start", at(&a.start)),
     ];
     let webhook_keys = [("url", at(&a.url)), ("token", at(&a.token))];
+    let docker_keys = docker::action_keys(a);
     let kind = a.kind.get_ref().as_str();
     match kind {
         "command" => {
             // `start` is shared with the signal kind; here it pairs with `stop`, monit-style.
             ctx.not_for_kind(kind, &signal_keys[..3]);
             ctx.not_for_kind(kind, &webhook_keys);
+            ctx.not_for_kind(kind, &docker_keys);
             let timeout = ctx
                 .positive_duration("timeout", &a.timeout)
                 .unwrap_or(CommandAction::DEFAULT_TIMEOUT);
@@ -1146,6 +1154,7 @@ fn check_action(ctx: &mut Ctx<'_>, a: &raw::Action) -> Option<ActionSpec> {
         "signal" => {
             ctx.not_for_kind(kind, &command_keys);
             ctx.not_for_kind(kind, &webhook_keys);
+            ctx.not_for_kind(kind, &docker_keys);
             let Some(pidfile) = &a.pidfile else {
                 ctx.error(a.kind.span().start, "a signal action needs `pidfile`");
                 return None;
@@ -1195,6 +1204,7 @@ fn check_action(ctx: &mut Ctx<'_>, a: &raw::Action) -> Option<ActionSpec> {
         "webhook" => {
             ctx.not_for_kind(kind, &command_keys);
             ctx.not_for_kind(kind, &signal_keys);
+            ctx.not_for_kind(kind, &docker_keys);
             let timeout = ctx
                 .positive_duration("timeout", &a.timeout)
                 .unwrap_or(WebhookAction::DEFAULT_TIMEOUT);
@@ -1231,14 +1241,21 @@ fn check_action(ctx: &mut Ctx<'_>, a: &raw::Action) -> Option<ActionSpec> {
                 timeout,
             }))
         }
+        "docker" => {
+            ctx.not_for_kind(kind, &command_keys);
+            // `signal` and `kill_after` mean here what they mean for a signal action.
+            ctx.not_for_kind(kind, &[signal_keys[0], signal_keys[3]]);
+            ctx.not_for_kind(kind, &webhook_keys);
+            docker::check_action(ctx, a).map(ActionSpec::Docker)
+        }
         other => {
-            let hint = closest(other, &["command", "signal", "webhook"])
+            let hint = closest(other, &["command", "signal", "webhook", "docker"])
                 .map(|s| format!(" (did you mean \"{s}\"?)"))
                 .unwrap_or_default();
             ctx.error(
                 a.kind.span().start,
                 format!(
-                    "unknown action kind \"{other}\"{hint}; known kinds: command, signal, webhook"
+                    "unknown action kind \"{other}\"{hint}; known kinds: command, signal, webhook, docker"
                 ),
             );
             None

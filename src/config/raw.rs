@@ -112,6 +112,10 @@ pub struct Probe {
     pub max_swap_used: Option<Text>,
     pub oom_kills: Option<Spanned<bool>>,
     pub psi_trigger: Option<Text>,
+
+    // docker (`container` and `socket` are shared with the docker action)
+    pub container: Option<Text>,
+    pub socket: Option<Text>,
 }
 
 /// A count or a percentage: `4` or `"80%"`.
@@ -161,4 +165,10 @@ pub struct Action {
     // webhook
     pub url: Option<Text>,
     pub token: Option<Text>,
+
+    // docker (`signal` and `kill_after` are shared with the signal kind)
+    pub container: Option<Text>,
+    pub label: Option<Text>,
+    pub operation: Option<Text>,
+    pub socket: Option<Text>,
 }

@@ -6,12 +6,14 @@
 //! - `tcp`: a connect, optionally a banner exchange;
 //! - `syn_backlog`: a listener's accept queue, half-open connections, listen overflows;
 //! - `process`: a process alive and within limits, its death seen at once through a pidfd;
-//! - `memory`: pressure (PSI), available memory, swap, OOM kills.
+//! - `memory`: pressure (PSI), available memory, swap, OOM kills;
+//! - `docker`: a container's state and Docker's own health verdict, over the Engine API.
 //!
 //! The hard timeout is applied here, around the whole check, so no target can hold a probe
 //! task (and its slot among the in-flight checks) longer than `timeout`.
 
 pub mod backlog;
+pub mod docker;
 mod http;
 pub mod memory;
 pub mod process;
@@ -82,6 +84,7 @@ pub enum Probe {
     SynBacklog(backlog::BacklogProbe),
     Process(process::ProcessProbe),
     Memory(memory::MemoryProbe),
+    Docker(docker::DockerProbe),
 }
 
 impl Probe {
@@ -92,6 +95,7 @@ impl Probe {
             CheckSpec::SynBacklog(c) => Probe::SynBacklog(backlog::BacklogProbe::new(c.clone())),
             CheckSpec::Process(c) => Probe::Process(process::ProcessProbe::new(c.clone())),
             CheckSpec::Memory(c) => Probe::Memory(memory::MemoryProbe::new(c.clone())),
+            CheckSpec::Docker(c) => Probe::Docker(docker::DockerProbe::new(c.clone())),
         }
     }
 
@@ -101,7 +105,7 @@ impl Probe {
     /// completes once per happening (a probe re-arms in its next check), never in a loop.
     pub async fn next_event(&self) {
         match self {
-            Probe::Http(_) | Probe::Tcp(_) => std::future::pending::<()>().await,
+            Probe::Http(_) | Probe::Tcp(_) | Probe::Docker(_) => std::future::pending::<()>().await,
             Probe::SynBacklog(p) => p.next_event().await,
             Probe::Process(p) => p.next_event().await,
             Probe::Memory(p) => p.next_event().await,
@@ -112,7 +116,7 @@ impl Probe {
     /// `watchdog check` to keep in its state file between runs.
     pub fn snapshot(&self) -> Option<serde_json::Value> {
         match self {
-            Probe::Http(_) | Probe::Tcp(_) => None,
+            Probe::Http(_) | Probe::Tcp(_) | Probe::Docker(_) => None,
             Probe::SynBacklog(p) => p.snapshot(),
             Probe::Process(p) => p.snapshot(),
             Probe::Memory(p) => p.snapshot(),
@@ -122,7 +126,7 @@ impl Probe {
     /// Restores what [`Probe::snapshot`] returned in an earlier run.
     pub fn restore(&self, snapshot: &serde_json::Value) {
         match self {
-            Probe::Http(_) | Probe::Tcp(_) => {}
+            Probe::Http(_) | Probe::Tcp(_) | Probe::Docker(_) => {}
             Probe::SynBacklog(p) => p.restore(snapshot),
             Probe::Process(p) => p.restore(snapshot),
             Probe::Memory(p) => p.restore(snapshot),
@@ -143,6 +147,7 @@ impl Probe {
                     Probe::SynBacklog(p) => p.check(&phase, started).await,
                     Probe::Process(p) => p.check(&phase, started).await,
                     Probe::Memory(p) => p.check(&phase, started).await,
+                    Probe::Docker(p) => p.check(&phase, started).await,
                 }
             };
             tokio::time::timeout(timeout, check).await
