@@ -118,10 +118,14 @@ impl ContainerState {
             HealthStatusEnum::UNHEALTHY => Some(Health::Unhealthy {
                 failing_streak: h.failing_streak.unwrap_or(0),
                 last: h.log.and_then(|log| log.last().cloned()).map(|last| {
+                    // The last line: where a check's verdict usually is (`watchdog check`
+                    // prints its table last; curl its error), after any warnings.
+                    let output = last.output.unwrap_or_default();
+                    let line = output.lines().rev().find(|l| !l.trim().is_empty());
                     format!(
                         "exit {}: {}",
                         last.exit_code.unwrap_or(-1),
-                        snippet(last.output.unwrap_or_default().trim().as_bytes(), 80)
+                        snippet(line.unwrap_or("").trim().as_bytes(), 100)
                     )
                 }),
             }),
@@ -228,7 +232,9 @@ mod tests {
                     failing_streak: Some(3),
                     log: Some(vec![HealthcheckResult {
                         exit_code: Some(1),
-                        output: Some("apache: DOWN (HTTP 504 in 3 ms)\n".into()),
+                        output: Some(
+                            "1 warning: ...\napache  http  down  FAIL  HTTP 504 in 3 ms\n\n".into(),
+                        ),
                         ..Default::default()
                     }]),
                 }),
@@ -249,7 +255,7 @@ mod tests {
         assert!(!s.is_well());
         assert_eq!(
             s.describe(),
-            "running, unhealthy (3 failing checks in a row; last: exit 1: apache: DOWN (HTTP 504 in 3 ms))"
+            "running, unhealthy (3 failing checks in a row; last: exit 1: apache  http  down  FAIL  HTTP 504 in 3 ms)"
         );
         let s = ContainerState::from_inspect(&response(
             ContainerStateStatusEnum::RUNNING,
