@@ -636,3 +636,73 @@ do = ["a", "b", "c", "d"]
         );
     }
 }
+
+/// A docker action by label acts on every matching container, running or not: two stopped
+/// containers with the label are both started by one `start` action, which `watchdog check`
+/// runs when the docker probe sees the first one down.
+#[test]
+fn label_action_starts_every_matching_container() {
+    let images = Images::get();
+    let mut cleanup = Cleanup::default();
+    let (net, _) = network(&mut cleanup, "label");
+    let role = unique("role");
+    let mut names = Vec::new();
+    for _ in 0..2 {
+        let name = unique("replica");
+        docker(&[
+            "create",
+            "--name",
+            &name,
+            "--label",
+            &label(),
+            "--label",
+            &format!("com.example.role={role}"),
+            "--network",
+            &net,
+            &images.app,
+        ]);
+        cleanup.containers.push(name.clone());
+        names.push(name);
+    }
+    let running = |c: &str| docker(&["inspect", "-f", "{{.State.Running}}", c]) == "true";
+    assert!(!running(&names[0]) && !running(&names[1]));
+    let dir = TempDir::new("docker-label");
+    let cfg = dir.write(
+        "watchdog.toml",
+        &format!(
+            r#"[watchdog]
+state_dir = "{state}"
+
+[[probe]]
+name = "replica"
+kind = "docker"
+container = "{first}"
+fail_after = 1
+recover_after = 1
+interval = "5s"
+timeout = "4s"
+
+[action.start-replicas]
+kind = "docker"
+label = "com.example.role={role}"
+operation = "start"
+timeout = "20s"
+
+[[rule]]
+probe = "replica"
+when = "down"
+do = ["start-replicas"]
+"#,
+            state = dir.path().join("state").display(),
+            first = names[0],
+        ),
+    );
+    let (code, stdout, stderr) = common::watchdog(&["check", "--config", cfg.to_str().unwrap()]);
+    assert_eq!(code, 1, "the probe failed in this run:\n{stdout}{stderr}");
+    assert!(
+        running(&names[0]) && running(&names[1]),
+        "both labelled containers run after the action:\n{stdout}{stderr}"
+    );
+    let (code, stdout, stderr) = common::watchdog(&["check", "--config", cfg.to_str().unwrap()]);
+    assert_eq!(code, 0, "the next run finds it running:\n{stdout}{stderr}");
+}
