@@ -183,6 +183,11 @@ pub async fn run(
     let (events_tx, mut events_rx) = mpsc::channel::<Event>(1024);
     let (delivered_tx, mut delivered_rx) = mpsc::unbounded_channel::<Ack>();
     let durable_up_to = saved.next_page_id;
+    // Fails without any CA certificate on the system (a bare container image): say so, rather
+    // than letting reqwest's default client panic.
+    let page_client = crate::probe::client_builder()
+        .build()
+        .map_err(|e| format!("cannot build the HTTP client for pages: {e}"))?;
     let mut daemon = Daemon {
         in_flight: Arc::new(Semaphore::new(config.watchdog.max_in_flight)),
         config: Arc::new(config),
@@ -196,7 +201,7 @@ pub async fn run(
         next_generation: 0,
         pagers: BTreeMap::new(),
         pager_handles: Vec::new(),
-        page_client: crate::probe::client_builder().build().unwrap_or_default(),
+        page_client,
         delivered_tx,
         pagers_stop: watch::channel(false).0,
         remedy_locks: BTreeMap::new(),

@@ -7,10 +7,11 @@
 //! - [`health`]: pure hysteresis, ok/fail observations to up/down.
 //! - [`rules`]: the pure rule engine, observations to [`rules::Effect`]s (remedies, pages).
 //! - [`probe`]: the checks that do I/O (`http`, `tcp`, `syn_backlog`, `process`, `memory`,
-//!   `haproxy`), each a value in, an [`probe::Outcome`] out.
-//! - [`action`]: the effects: commands, signals, systemd units (D-Bus), HAProxy
-//!   drains, and pages (webhook,
+//!   `haproxy`, `docker`), each a value in, an [`probe::Outcome`] out.
+//! - [`action`]: the effects: commands, signals, systemd units (D-Bus), Docker
+//!   containers, HAProxy drains, and pages (webhook,
 //!   Alertmanager, PagerDuty, email) through one queue per pager.
+//! - [`docker`]: the Docker Engine API client the docker probe and action share.
 //! - [`daemon`]: `watchdog run`, one task per probe, the engine in one task, actions spawned.
 //! - [`events`]: notable events, logged from one place each.
 //! - [`haproxy`]: HAProxy's runtime API (admin socket): `show stat`, `set server ... state`.
@@ -27,6 +28,7 @@ pub mod cli;
 pub mod clock;
 pub mod config;
 pub mod daemon;
+pub mod docker;
 pub mod events;
 pub mod haproxy;
 pub mod health;

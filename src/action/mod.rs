@@ -7,12 +7,14 @@
 //! - `haproxy`: drain, maint, ready a server over HAProxy's runtime API; `restart_drained`
 //!   (drain, restart, undrain as one remedy) and `drain_flag` (for `/health`).
 //! - `systemd`: restart (start, stop, reload, kill) a unit over D-Bus and wait for the job.
+//! - `docker`: restart, stop, kill or start containers through the Docker Engine API.
 //!
 //! Remedies ([`run_remedy`]) run in their own tasks and report back; pages go through
 //! [`pager::Pager`]s, queues with retries, reminders and digests that never block probing.
 
 pub mod alertmanager;
 pub mod command;
+pub mod docker;
 pub mod email;
 pub mod haproxy;
 pub mod pager;
@@ -68,5 +70,6 @@ pub async fn run_remedy(spec: &ActionSpec, ctx: &Context) -> Result<String, Stri
         ActionSpec::RestartDrained(r) => haproxy::restart_drained(r, ctx).await,
         ActionSpec::DrainFlag(f) => haproxy::flag(f).await,
         ActionSpec::Systemd(s) => systemd::run(s).await,
+        ActionSpec::Docker(d) => docker::run(d).await,
     }
 }

@@ -27,6 +27,9 @@ mod pagers;
 /// `kind = "systemd"` actions.
 mod systemd;
 
+/// The docker probe and action: their checks live apart, in `check/docker.rs`.
+mod docker;
+
 /// One deserialized item and the byte offset of its table.
 pub struct Item<T> {
     pub value: T,
@@ -475,10 +478,11 @@ fn check_probe(ctx: &mut Ctx<'_>, p: &raw::Probe, defaults: &Timing) -> Option<P
         ("memory", "max_swap_used", at(&p.max_swap_used)),
         ("memory", "oom_kills", at(&p.oom_kills)),
         ("memory", "psi_trigger", at(&p.psi_trigger)),
-        ("haproxy", "socket", at(&p.socket)),
+        ("haproxy|docker", "socket", at(&p.socket)),
         ("haproxy", "backend", at(&p.backend)),
         ("haproxy", "min_ready", at(&p.min_ready)),
         ("haproxy", "min_ready_ratio", at(&p.min_ready_ratio)),
+        ("docker", "container", at(&p.container)),
     ];
 
     let kind = p.kind.get_ref().as_str();
@@ -495,10 +499,12 @@ fn check_probe(ctx: &mut Ctx<'_>, p: &raw::Probe, defaults: &Timing) -> Option<P
         );
         return None;
     }
+    // An owner "a|b": a key two kinds share.
     for (owner, key, at) in kind_keys {
         if let Some(at) = at
-            && owner != kind
+            && !owner.split('|').any(|o| o == kind)
         {
+            let owner = owner.replace('|', "` or `");
             ctx.error(
                 at,
                 format!("`{key}` does not apply to kind \"{kind}\" (it is a `{owner}` key)"),
@@ -511,6 +517,7 @@ fn check_probe(ctx: &mut Ctx<'_>, p: &raw::Probe, defaults: &Timing) -> Option<P
         "syn_backlog" => CheckSpec::SynBacklog(check_backlog(ctx, p)?),
         "process" => CheckSpec::Process(check_process(ctx, p)?),
         "haproxy" => CheckSpec::Haproxy(super::haproxy::check_probe(ctx, p)?),
+        "docker" => CheckSpec::Docker(docker::check_probe(ctx, p)?),
         _ => CheckSpec::Memory(check_memory(ctx, p)?),
     };
     let name = p.name.get_ref().clone();
@@ -1119,6 +1126,7 @@ fn check_action(ctx: &mut Ctx<'_>, a: &raw::Action) -> Option<ActionSpec> {
     let webhook_keys = [("url", at(&a.url)), ("token", at(&a.token))];
     let systemd_keys = systemd::keys(a);
     let group_key = [("process_group", at(&a.process_group))];
+    let docker_keys = docker::action_keys(a);
     let kind = a.kind.get_ref().as_str();
     if matches!(
         kind,
@@ -1140,6 +1148,7 @@ fn check_action(ctx: &mut Ctx<'_>, a: &raw::Action) -> Option<ActionSpec> {
         ctx.not_for_kind(kind, &webhook_keys);
         ctx.not_for_kind(kind, &systemd_keys);
         ctx.not_for_kind(kind, &group_key);
+        ctx.not_for_kind(kind, &docker_keys[..2]);
         pagers::reject_foreign_keys(ctx, kind, a);
     };
     match kind {
@@ -1162,6 +1171,7 @@ fn check_action(ctx: &mut Ctx<'_>, a: &raw::Action) -> Option<ActionSpec> {
             pagers::reject_foreign_keys(ctx, kind, a);
             ctx.not_for_kind(kind, &systemd_keys);
             ctx.not_for_kind(kind, &group_key);
+            ctx.not_for_kind(kind, &docker_keys[..2]);
             let timeout = ctx
                 .positive_duration("timeout", &a.timeout)
                 .unwrap_or(CommandAction::DEFAULT_TIMEOUT);
@@ -1201,6 +1211,7 @@ fn check_action(ctx: &mut Ctx<'_>, a: &raw::Action) -> Option<ActionSpec> {
             ctx.not_for_kind(kind, &webhook_keys);
             pagers::reject_foreign_keys(ctx, kind, a);
             ctx.not_for_kind(kind, &systemd_keys);
+            ctx.not_for_kind(kind, &docker_keys[..2]);
             let Some(pidfile) = &a.pidfile else {
                 ctx.error(a.kind.span().start, "a signal action needs `pidfile`");
                 return None;
@@ -1254,6 +1265,7 @@ fn check_action(ctx: &mut Ctx<'_>, a: &raw::Action) -> Option<ActionSpec> {
             let (format, paging) = pagers::webhook_extras(ctx, a);
             ctx.not_for_kind(kind, &systemd_keys);
             ctx.not_for_kind(kind, &group_key);
+            ctx.not_for_kind(kind, &docker_keys[..2]);
             let timeout = ctx
                 .positive_duration("timeout", &a.timeout)
                 .unwrap_or(WebhookAction::DEFAULT_TIMEOUT);
@@ -1292,6 +1304,21 @@ fn check_action(ctx: &mut Ctx<'_>, a: &raw::Action) -> Option<ActionSpec> {
                 paging,
             }))
         }
+        "docker" => {
+            ctx.not_for_kind(kind, &command_keys);
+            // `signal` and `kill_after` mean here what they mean for a signal action.
+            ctx.not_for_kind(kind, &[signal_keys[0], signal_keys[3]]);
+            ctx.not_for_kind(kind, &webhook_keys);
+            ctx.not_for_kind(kind, &systemd_keys);
+            ctx.not_for_kind(kind, &group_key);
+            // `socket` and `operation` are shared with the haproxy kinds.
+            let haproxy_keys = super::haproxy::action_keys(a);
+            ctx.not_for_kind(kind, &haproxy_keys[1..2]);
+            ctx.not_for_kind(kind, &haproxy_keys[3..]);
+            ctx.not_for_kind(kind, &[("file", at(&a.file))]);
+            pagers::reject_foreign_keys(ctx, kind, a);
+            docker::check_action(ctx, a).map(ActionSpec::Docker)
+        }
         "systemd" => {
             ctx.not_for_kind(kind, &command_keys);
             ctx.not_for_kind(kind, &webhook_keys);
@@ -1302,6 +1329,7 @@ fn check_action(ctx: &mut Ctx<'_>, a: &raw::Action) -> Option<ActionSpec> {
             ctx.not_for_kind(kind, &haproxy_keys[..2]);
             ctx.not_for_kind(kind, &haproxy_keys[3..]);
             ctx.not_for_kind(kind, &[("file", at(&a.file))]);
+            ctx.not_for_kind(kind, &docker_keys[..2]);
             pagers::reject_foreign_keys(ctx, kind, a);
             systemd::check(ctx, a).map(ActionSpec::Systemd)
         }
@@ -1313,6 +1341,7 @@ fn check_action(ctx: &mut Ctx<'_>, a: &raw::Action) -> Option<ActionSpec> {
             }
             ctx.not_for_kind(kind, &systemd_keys);
             ctx.not_for_kind(kind, &group_key);
+            ctx.not_for_kind(kind, &docker_keys[..2]);
             pagers::check(ctx, kind, a)
         }
         other => {
@@ -1327,6 +1356,7 @@ fn check_action(ctx: &mut Ctx<'_>, a: &raw::Action) -> Option<ActionSpec> {
                 "pagerduty",
                 "email",
                 "systemd",
+                "docker",
             ];
             let hint = closest(other, &known)
                 .map(|s| format!(" (did you mean \"{s}\"?)"))

@@ -112,10 +112,19 @@ pub enum CheckSpec {
     Process(ProcessCheck),
     Memory(MemoryCheck),
     Haproxy(HaproxyCheck),
+    Docker(DockerCheck),
 }
 
 impl CheckSpec {
-    pub const KINDS: [&str; 6] = ["http", "tcp", "syn_backlog", "process", "memory", "haproxy"];
+    pub const KINDS: [&str; 7] = [
+        "http",
+        "tcp",
+        "syn_backlog",
+        "process",
+        "memory",
+        "haproxy",
+        "docker",
+    ];
 
     pub fn kind(&self) -> &'static str {
         match self {
@@ -125,6 +134,7 @@ impl CheckSpec {
             CheckSpec::Process(_) => "process",
             CheckSpec::Memory(_) => "memory",
             CheckSpec::Haproxy(_) => "haproxy",
+            CheckSpec::Docker(_) => "docker",
         }
     }
 }
@@ -334,6 +344,7 @@ pub enum ActionSpec {
     RestartDrained(RestartDrainedAction),
     DrainFlag(DrainFlagAction),
     Systemd(SystemdAction),
+    Docker(DockerAction),
 }
 
 impl ActionSpec {
@@ -349,6 +360,7 @@ impl ActionSpec {
             ActionSpec::RestartDrained(_) => "restart_drained",
             ActionSpec::DrainFlag(_) => "drain_flag",
             ActionSpec::Systemd(_) => "systemd",
+            ActionSpec::Docker(_) => "docker",
         }
     }
 
@@ -358,7 +370,8 @@ impl ActionSpec {
             ActionSpec::Haproxy(_)
             | ActionSpec::RestartDrained(_)
             | ActionSpec::DrainFlag(_)
-            | ActionSpec::Systemd(_) => Role::Remedy,
+            | ActionSpec::Systemd(_)
+            | ActionSpec::Docker(_) => Role::Remedy,
             ActionSpec::Webhook(_)
             | ActionSpec::Alertmanager(_)
             | ActionSpec::PagerDuty(_)
@@ -475,4 +488,77 @@ impl SystemdOperation {
 pub enum SystemdBus {
     System,
     User,
+}
+
+/// The Docker Engine API socket, unless a probe or action names another.
+pub const DEFAULT_DOCKER_SOCKET: &str = "/var/run/docker.sock";
+
+/// `kind = "docker"` probe: a container's state and Docker's own health status (its
+/// HEALTHCHECK), so rules can act on what Docker only reports.
+#[derive(Debug, Clone)]
+pub struct DockerCheck {
+    pub socket: PathBuf,
+    /// A name or an id (a unique prefix of one, as `docker` accepts).
+    pub container: String,
+}
+
+/// Which containers a docker action acts on.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum DockerTarget {
+    /// A name or an id.
+    Container(String),
+    /// `key=value` or `key`: every container with that label, running or not.
+    Label(String),
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum DockerOperation {
+    Restart,
+    Stop,
+    Kill,
+    Start,
+}
+
+impl DockerOperation {
+    pub const NAMES: [&str; 4] = ["restart", "stop", "kill", "start"];
+
+    pub fn parse(name: &str) -> Option<DockerOperation> {
+        match name {
+            "restart" => Some(DockerOperation::Restart),
+            "stop" => Some(DockerOperation::Stop),
+            "kill" => Some(DockerOperation::Kill),
+            "start" => Some(DockerOperation::Start),
+            _ => None,
+        }
+    }
+}
+
+impl std::fmt::Display for DockerOperation {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            DockerOperation::Restart => "restart",
+            DockerOperation::Stop => "stop",
+            DockerOperation::Kill => "kill",
+            DockerOperation::Start => "start",
+        })
+    }
+}
+
+/// `kind = "docker"` action: restart, stop, kill or start containers through the Engine API.
+#[derive(Debug, Clone)]
+pub struct DockerAction {
+    pub socket: PathBuf,
+    pub target: DockerTarget,
+    pub operation: DockerOperation,
+    /// `kill` only: the signal, as Docker names it (`SIGKILL`, the default, `SIGTERM`, ...).
+    pub signal: Option<String>,
+    /// `restart` and `stop`: Docker's `t`, how long the container gets after its stop signal
+    /// before SIGKILL. Default: the container's own `StopTimeout` (Docker's default: 10 s).
+    pub kill_after: Option<Duration>,
+    /// The whole operation, on every matching container.
+    pub timeout: Duration,
+}
+
+impl DockerAction {
+    pub const DEFAULT_TIMEOUT: Duration = Duration::from_secs(30);
 }

@@ -116,11 +116,14 @@ pub struct Probe {
     pub oom_kills: Option<Spanned<bool>>,
     pub psi_trigger: Option<Text>,
 
-    // haproxy
+    // haproxy (`socket` is docker's too)
     pub socket: Option<Text>,
     pub backend: Option<Text>,
     pub min_ready: Option<Count>,
     pub min_ready_ratio: Option<Spanned<f64>>,
+
+    // docker (and `socket`)
+    pub container: Option<Text>,
 }
 
 /// A count or a percentage: `4` or `"80%"`.
@@ -225,4 +228,8 @@ pub struct Action {
     // systemd (and `signal` for operation = "kill"; `operation` is shared with haproxy's)
     pub unit: Option<Text>,
     pub bus: Option<Text>,
+
+    // docker (and `socket`, `operation`; `signal` and `kill_after` as for the signal kind)
+    pub container: Option<Text>,
+    pub label: Option<Text>,
 }

@@ -8,11 +8,13 @@
 //! - `process`: a process alive and within limits, its death seen at once through a pidfd;
 //! - `memory`: pressure (PSI), available memory, swap, OOM kills;
 //! - `haproxy`: pool capacity, the servers of a backend up and in rotation.
+//! - `docker`: a container's state and Docker's own health verdict, over the Engine API.
 //!
 //! The hard timeout is applied here, around the whole check, so no target can hold a probe
 //! task (and its slot among the in-flight checks) longer than `timeout`.
 
 pub mod backlog;
+pub mod docker;
 pub mod haproxy;
 mod http;
 pub mod memory;
@@ -85,6 +87,7 @@ pub enum Probe {
     Process(process::ProcessProbe),
     Memory(memory::MemoryProbe),
     Haproxy(haproxy::HaproxyProbe),
+    Docker(docker::DockerProbe),
 }
 
 impl Probe {
@@ -96,6 +99,7 @@ impl Probe {
             CheckSpec::Process(c) => Probe::Process(process::ProcessProbe::new(c.clone())),
             CheckSpec::Memory(c) => Probe::Memory(memory::MemoryProbe::new(c.clone())),
             CheckSpec::Haproxy(c) => Probe::Haproxy(haproxy::HaproxyProbe::new(c.clone())),
+            CheckSpec::Docker(c) => Probe::Docker(docker::DockerProbe::new(c.clone())),
         }
     }
 
@@ -105,7 +109,7 @@ impl Probe {
     /// completes once per happening (a probe re-arms in its next check), never in a loop.
     pub async fn next_event(&self) {
         match self {
-            Probe::Http(_) | Probe::Tcp(_) | Probe::Haproxy(_) => {
+            Probe::Http(_) | Probe::Tcp(_) | Probe::Haproxy(_) | Probe::Docker(_) => {
                 std::future::pending::<()>().await
             }
             Probe::SynBacklog(p) => p.next_event().await,
@@ -118,7 +122,7 @@ impl Probe {
     /// `watchdog check` to keep in its state file between runs.
     pub fn snapshot(&self) -> Option<serde_json::Value> {
         match self {
-            Probe::Http(_) | Probe::Tcp(_) | Probe::Haproxy(_) => None,
+            Probe::Http(_) | Probe::Tcp(_) | Probe::Haproxy(_) | Probe::Docker(_) => None,
             Probe::SynBacklog(p) => p.snapshot(),
             Probe::Process(p) => p.snapshot(),
             Probe::Memory(p) => p.snapshot(),
@@ -128,7 +132,7 @@ impl Probe {
     /// Restores what [`Probe::snapshot`] returned in an earlier run.
     pub fn restore(&self, snapshot: &serde_json::Value) {
         match self {
-            Probe::Http(_) | Probe::Tcp(_) | Probe::Haproxy(_) => {}
+            Probe::Http(_) | Probe::Tcp(_) | Probe::Haproxy(_) | Probe::Docker(_) => {}
             Probe::SynBacklog(p) => p.restore(snapshot),
             Probe::Process(p) => p.restore(snapshot),
             Probe::Memory(p) => p.restore(snapshot),
@@ -150,6 +154,7 @@ impl Probe {
                     Probe::Process(p) => p.check(&phase, started).await,
                     Probe::Memory(p) => p.check(&phase, started).await,
                     Probe::Haproxy(p) => p.check(&phase, started).await,
+                    Probe::Docker(p) => p.check(&phase, started).await,
                 }
             };
             tokio::time::timeout(timeout, check).await

@@ -268,7 +268,12 @@ impl Receiver {
 
     /// On a given port (0: any), e.g. to bring a receiver up where a pager was failing.
     pub fn start_on(port: u16, hang: bool) -> Receiver {
-        let listener = TcpListener::bind(("127.0.0.1", port)).unwrap();
+        Self::start_at("127.0.0.1".parse().unwrap(), port, hang)
+    }
+
+    /// On another local address, e.g. a Docker network's gateway, where containers reach it.
+    pub fn start_at(ip: std::net::IpAddr, port: u16, hang: bool) -> Receiver {
+        let listener = TcpListener::bind((ip, port)).unwrap();
         let port = listener.local_addr().unwrap().port();
         let pages = Arc::new(Mutex::new(Vec::new()));
         let sink = pages.clone();
