@@ -170,9 +170,10 @@ impl FakeApache {
             pidfile,
             child: None,
         };
+        // Bound before it detached (a clash fails above); 15 s is for a loaded CI machine.
         assert!(
-            wait_until(Duration::from_secs(5), || me.control_ok()),
-            "fake_apache did not come up"
+            wait_until(Duration::from_secs(15), || me.control_ok()),
+            "fake_apache did not answer on its control port within 15 s"
         );
         me
     }
