@@ -15,6 +15,7 @@
 pub mod backlog;
 pub mod haproxy;
 mod http;
+mod http1;
 pub mod memory;
 pub mod process;
 mod tcp;
