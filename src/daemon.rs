@@ -422,8 +422,14 @@ impl Daemon {
                         self.carry_out(work, now);
                     }
                 }
-                self.last_checks
-                    .insert(spec.name.clone(), (outcome, Instant::now()));
+                // In place when known (every check but the first): no key to clone.
+                match self.last_checks.get_mut(&spec.name) {
+                    Some(last) => *last = (outcome, Instant::now()),
+                    None => {
+                        self.last_checks
+                            .insert(spec.name.clone(), (outcome, Instant::now()));
+                    }
+                }
             }
             Event::RemedyDone {
                 probe,

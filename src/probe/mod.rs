@@ -17,6 +17,7 @@ pub mod backlog;
 pub mod docker;
 pub mod haproxy;
 mod http;
+mod http1;
 pub mod memory;
 pub mod process;
 mod tcp;
