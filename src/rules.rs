@@ -1440,8 +1440,8 @@ mod tests {
         );
     }
 
-    #[test]
-    fn while_a_dependency_is_down_the_dependent_waits_then_acts_if_still_down() {
+    /// db pages when down; app depends on db and does `app_actions` when down.
+    fn db_and_app(app_actions: Vec<ActionRef>) -> (ProbeRules, ProbeRules) {
         let db = ProbeRules {
             probe: "db".into(),
             ..pages_when_down()
@@ -1451,11 +1451,17 @@ mod tests {
             depends_on: vec!["db".into()],
             rules: vec![Rule::each_time(
                 Trigger::Down,
-                vec![remedy("restart-app"), pager("oncall")],
+                app_actions,
                 Some(Budget::DEFAULT),
             )],
             ..apache()
         };
+        (db, app)
+    }
+
+    #[test]
+    fn while_a_dependency_is_down_the_dependent_waits_then_acts_if_still_down() {
+        let (db, app) = db_and_app(vec![remedy("restart-app"), pager("oncall")]);
         let mut e = Engine::default();
         // db fails from t=1, app from t=2; db recovers at t=10..11, app never does.
         let log = simulate_many(
@@ -1542,20 +1548,7 @@ mod tests {
     #[test]
     fn a_dependency_that_is_failing_but_not_yet_down_holds_too() {
         // Both fail from t=1; the app trips after 2 failures, the database after 3.
-        let db = ProbeRules {
-            probe: "db".into(),
-            ..pages_when_down()
-        };
-        let mut app = ProbeRules {
-            probe: "app".into(),
-            depends_on: vec!["db".into()],
-            rules: vec![Rule::each_time(
-                Trigger::Down,
-                vec![remedy("restart-app")],
-                Some(Budget::DEFAULT),
-            )],
-            ..apache()
-        };
+        let (db, mut app) = db_and_app(vec![remedy("restart-app")]);
         app.policy.fail_after = 2;
         let mut e = Engine::default();
         let log = simulate_many(&mut e, &[(&db, "+---"), (&app, "+---")], 0);
