@@ -615,11 +615,20 @@ impl Engine {
     /// The probe left the config: forget it, resolving the pages of its open incident so
     /// nobody is left holding an alert for a probe that no longer exists.
     pub fn retire(&mut self, spec: &ProbeRules, now: Timestamp) -> Vec<Effect> {
-        let Some(memory) = self.probes.remove(&spec.probe) else {
+        let Some(mut memory) = self.probes.remove(&spec.probe) else {
             return Vec::new();
         };
+        let mut effects = Vec::new();
+        // The incidents of its failed actions end with it too.
+        resolve_action_failures(
+            spec,
+            &mut memory,
+            None,
+            "the probe was removed from the config",
+            &mut effects,
+        );
         let Some(incident) = memory.incident else {
-            return Vec::new();
+            return effects;
         };
         let view = view(spec, &memory.health, &incident, &incident.reason);
         let lasted = Duration::from_secs(now.saturating_since(incident.opened).as_secs());
@@ -628,18 +637,15 @@ impl Engine {
             spec.probe,
             humantime::format_duration(lasted)
         );
-        incident
-            .paged
-            .iter()
-            .map(|pager| {
-                Effect::Work(Work::Page {
-                    pager: pager.clone(),
-                    event: PageEvent::Resolved,
-                    summary: summary.clone(),
-                    incident: view.clone(),
-                })
+        effects.extend(incident.paged.iter().map(|pager| {
+            Effect::Work(Work::Page {
+                pager: pager.clone(),
+                event: PageEvent::Resolved,
+                summary: summary.clone(),
+                incident: view.clone(),
             })
-            .collect()
+        }));
+        effects
     }
 
     /// A requested run of `action` did not happen (another probe's run of it covered it): it
@@ -1527,6 +1533,27 @@ mod tests {
         );
         let log = simulate(&mut e, &spec, "++", 5);
         assert_eq!(log, ["6:up", "6:page oncall Resolved"]);
+    }
+
+    #[test]
+    fn retiring_a_probe_resolves_its_failed_actions_too() {
+        let mut e = Engine::default();
+        let spec = apache();
+        simulate(&mut e, &spec, "+---", 0);
+        e.remedy_finished(&spec, "restart", Err("timeout"), Timestamp::secs(4));
+        let resolved: Vec<String> = e
+            .retire(&spec, Timestamp::secs(5))
+            .into_iter()
+            .filter_map(|effect| match effect {
+                Effect::Work(Work::Page {
+                    event: PageEvent::Resolved,
+                    incident,
+                    ..
+                }) => Some(incident.probe),
+                _ => None,
+            })
+            .collect();
+        assert_eq!(resolved, ["apache/restart"]);
     }
 
     #[test]
