@@ -140,7 +140,7 @@ pub async fn run(config: Config, selected: &[String], dry_run: bool) -> Result<R
     )
     .await;
     saved.open_pages.retain(|o| {
-        config.probe(&o.page.probe).is_some()
+        crate::rules::incident_of_probe(&o.page.probe, |p| config.probe(p).is_some())
             && config
                 .actions
                 .get(&o.action)

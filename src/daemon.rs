@@ -905,7 +905,7 @@ impl Daemon {
                 .is_some_and(|a| a.role() == crate::rules::Role::Page)
         });
         self.state.open_pages.retain(|o| {
-            new.probe(&o.page.probe).is_some()
+            crate::rules::incident_of_probe(&o.page.probe, |p| new.probe(p).is_some())
                 && new
                     .actions
                     .get(&o.action)

@@ -339,6 +339,15 @@ impl ActionFailure {
     }
 }
 
+/// Whether an incident's probe field (`apache`, or `apache/restart-apache` for a failed
+/// action's incident) belongs to a configured probe, as told by `is_probe`.
+pub fn incident_of_probe(incident_probe: &str, is_probe: impl Fn(&str) -> bool) -> bool {
+    is_probe(incident_probe)
+        || incident_probe
+            .rsplit_once('/')
+            .is_some_and(|(probe, _)| is_probe(probe))
+}
+
 impl ProbeMemory {
     fn new(now: Timestamp) -> ProbeMemory {
         ProbeMemory {
@@ -1591,5 +1600,14 @@ mod tests {
                 "3:app held (db is down, and app depends on it)",
             ]
         );
+    }
+
+    #[test]
+    fn a_failed_actions_incident_belongs_to_its_probe() {
+        let configured = |p: &str| p == "apache";
+        assert!(incident_of_probe("apache", configured));
+        assert!(incident_of_probe("apache/restart-apache", configured));
+        assert!(!incident_of_probe("nginx/restart-nginx", configured));
+        assert!(!incident_of_probe("nginx", configured));
     }
 }
