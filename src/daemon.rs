@@ -62,6 +62,8 @@ enum Event {
         action: String,
         result: Result<String, String>,
         took: Duration,
+        /// It waited for another probe's run of the same action instead of running.
+        joined: bool,
     },
     Saved {
         /// Pages with an id up to this one are on disk.
@@ -436,6 +438,7 @@ impl Daemon {
                 action,
                 result,
                 took,
+                joined,
             } => {
                 self.remedy_ended.insert(action.clone(), Instant::now());
                 match &result {
@@ -448,6 +451,7 @@ impl Daemon {
                 }
                 if let Some(spec) = self.config.probe(&probe).cloned() {
                     let result = match &result {
+                        Ok(_) if joined => Ok(crate::rules::JOINED),
                         Ok(_) => Ok("ok"),
                         Err(e) => Err(e.as_str()),
                     };
@@ -540,7 +544,7 @@ impl Daemon {
                             self.state.engine.remedy_finished(
                                 &spec.rules,
                                 &action,
-                                Ok("joined"),
+                                Ok(crate::rules::JOINED),
                                 now,
                             );
                         }
@@ -554,6 +558,7 @@ impl Daemon {
                 self.save();
                 self.remedy_tasks.spawn(async move {
                     let started = Instant::now();
+                    let mut joined = false;
                     let result =
                         if dry_run {
                             Ok("dry run: not run".to_string())
@@ -564,6 +569,7 @@ impl Daemon {
                                     // Another probe is running this very action: wait for it, and
                                     // count its result as ours rather than restarting twice.
                                     let _ = lock.lock().await;
+                                    joined = true;
                                     Ok("already being run for another probe; not run again"
                                         .to_string())
                                 }
@@ -576,6 +582,7 @@ impl Daemon {
                             action,
                             result,
                             took: started.elapsed(),
+                            joined,
                         })
                         .await;
                 });
@@ -919,7 +926,12 @@ impl Daemon {
                     kept += 1;
                     continue;
                 }
-                Some(_) => changed += 1,
+                Some(_) => {
+                    changed += 1;
+                    if old.probe(&spec.name).map(|o| &o.rules) != Some(&spec.rules) {
+                        self.state.engine.rules_changed(&spec.name);
+                    }
+                }
                 None => started += 1,
             }
             if let Some(old_task) = self.probes.remove(&spec.name) {

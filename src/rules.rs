@@ -339,6 +339,10 @@ impl ActionFailure {
     }
 }
 
+/// The `Ok` label of a remedy run that did not happen because another probe's run of the same
+/// action covered it.
+pub const JOINED: &str = "joined";
+
 /// Whether an incident's probe field (`apache`, or `apache/restart-apache` for a failed
 /// action's incident) belongs to a configured probe, as told by `is_probe`.
 pub fn incident_of_probe(incident_probe: &str, is_probe: impl Fn(&str) -> bool) -> bool {
@@ -404,9 +408,13 @@ impl Engine {
             self.restart_health(&spec.probe, now);
         }
         // A dependency in trouble holds every rule of this probe back.
-        let blocked_by = spec.depends_on.iter().find_map(|d| {
-            dependency_trouble(self.probes.get(d.as_str())).map(|t| format!("{d} {t}"))
-        });
+        let blocked_by = spec
+            .depends_on
+            .iter()
+            .filter(|d| !self.is_paused(d, now))
+            .find_map(|d| {
+                dependency_trouble(self.probes.get(d.as_str())).map(|t| format!("{d} {t}"))
+            });
         let mut effects = Vec::new();
         let next_incident = &mut self.next_incident;
         let memory = self
@@ -426,9 +434,19 @@ impl Engine {
                 });
                 match to {
                     State::Down => {
-                        *next_incident += 1;
-                        memory.incident = Some(Incident::open(*next_incident, reason, now));
-                        end_streaks_after_sustained_health(spec, memory, now);
+                        match memory.incident.as_mut() {
+                            // Still the same outage (e.g. down again after a pause ended): its
+                            // pages stay open, to be resolved once, and its rules fire again.
+                            Some(open) => {
+                                open.reason = reason.to_string();
+                                open.fired_this_episode.clear();
+                            }
+                            None => {
+                                *next_incident += 1;
+                                memory.incident = Some(Incident::open(*next_incident, reason, now));
+                                end_streaks_after_sustained_health(spec, memory, now);
+                            }
+                        }
                         fire_down_rules = true;
                     }
                     State::Up => {
@@ -443,13 +461,6 @@ impl Engine {
                             );
                             memory.last_closed = Some(now);
                         }
-                        resolve_action_failures(
-                            spec,
-                            memory,
-                            None,
-                            "the probe is up again",
-                            &mut effects,
-                        );
                     }
                     State::Starting => {}
                 }
@@ -464,6 +475,11 @@ impl Engine {
             Change::None => {}
         }
 
+        // A failed action's incident ends when the probe is up (at its recovery, or at the next
+        // good check if the action failed while it was up, e.g. an `up` rule's undrain).
+        if memory.health.state == State::Up && !memory.failed_actions.is_empty() {
+            resolve_action_failures(spec, memory, None, "the probe is up", &mut effects);
+        }
         if memory.health.state == State::Down
             && let Some(incident) = memory.incident.as_mut()
         {
@@ -657,6 +673,15 @@ impl Engine {
         effects
     }
 
+    /// The probe's rules changed (a reload): ladder positions and held rules are kept by rule
+    /// index, which no longer means the same rule, so they start over.
+    pub fn rules_changed(&mut self, probe: &str) {
+        if let Some(incident) = self.probes.get_mut(probe).and_then(|m| m.incident.as_mut()) {
+            incident.next_step.clear();
+            incident.held.clear();
+        }
+    }
+
     /// A requested run of `action` did not happen (another probe's run of it covered it): it
     /// does not count against the budget.
     pub fn refund(&mut self, action: &str) {
@@ -680,6 +705,8 @@ impl Engine {
             return effects;
         };
         match result {
+            // Another probe's run covered this one: it says nothing new about the action.
+            Ok(JOINED) => {}
             Ok(_) => resolve_action_failures(
                 spec,
                 memory,
@@ -1609,5 +1636,44 @@ mod tests {
         assert!(incident_of_probe("apache/restart-apache", configured));
         assert!(!incident_of_probe("nginx/restart-nginx", configured));
         assert!(!incident_of_probe("nginx", configured));
+    }
+
+    #[test]
+    fn an_action_failing_while_the_probe_is_up_resolves_at_the_next_good_check() {
+        let mut e = Engine::default();
+        let spec = apache();
+        simulate(&mut e, &spec, "+---++", 0);
+        // An `up` rule's action (or a slow restart) fails after the recovery.
+        let fired = e.remedy_finished(
+            &spec,
+            "restart",
+            Err("left web/app1 drained"),
+            Timestamp::secs(6),
+        );
+        assert_eq!(fired.len(), 1, "{fired:?}");
+        assert_eq!(simulate(&mut e, &spec, "+", 7), ["7:page oncall Resolved"]);
+    }
+
+    #[test]
+    fn down_again_after_a_pause_is_the_same_incident() {
+        let mut e = Engine::default();
+        let spec = pages_when_down();
+        simulate(&mut e, &spec, "+---", 0);
+        let id = e.probe("apache").unwrap().incident_id();
+        e.pause("apache", None);
+        assert!(e.resume("apache", Timestamp::secs(10)));
+        let log = simulate(&mut e, &spec, "---++", 11);
+        // Down again: no second firing page (oncall was paged in this incident), one resolve.
+        assert_eq!(log, ["13:down", "15:up", "15:page oncall Resolved"]);
+        assert!(id.is_some());
+    }
+
+    #[test]
+    fn a_paused_dependency_holds_nobody() {
+        let (db, app) = db_and_app(vec![remedy("restart-app")]);
+        let mut e = Engine::default();
+        e.pause("db", None);
+        let log = simulate_many(&mut e, &[(&db, "----"), (&app, "+---")], 0);
+        assert_eq!(log, ["0:app up", "3:app down", "3:app run restart-app"]);
     }
 }

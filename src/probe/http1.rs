@@ -113,6 +113,9 @@ impl Target {
         let addresses: Vec<SocketAddr> = tokio::net::lookup_host((self.name.as_str(), self.port))
             .await?
             .collect();
+        if let [only] = addresses[..] {
+            return TcpStream::connect(only).await;
+        }
         connect_first(addresses).await
     }
 }

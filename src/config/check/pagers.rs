@@ -14,7 +14,7 @@ use crate::config::{
 
 /// Keys only pagers take, with the kinds that take each. A key set on a kind not listed is
 /// an error (`does not apply to kind ...`).
-fn pager_keys(a: &raw::Action) -> [(&'static str, &'static [&'static str], Option<usize>); 15] {
+fn pager_keys(a: &raw::Action) -> [(&'static str, &'static [&'static str], Option<usize>); 14] {
     const WEBHOOK: &[&str] = &["webhook"];
     const HUMAN: &[&str] = &["webhook", "email"];
     const AM_PD: &[&str] = &["alertmanager", "pagerduty"];
@@ -22,7 +22,6 @@ fn pager_keys(a: &raw::Action) -> [(&'static str, &'static [&'static str], Optio
     const PD: &[&str] = &["pagerduty"];
     const EMAIL: &[&str] = &["email"];
     // `server` is also HAProxy's (`"web/app1"`): one raw field; the haproxy kinds check it.
-    const SERVER: &[&str] = &["email", "haproxy", "restart_drained", "drain_flag"];
     [
         ("format", WEBHOOK, at(&a.format)),
         ("remind_every", HUMAN, at(&a.remind_every)),
@@ -32,7 +31,7 @@ fn pager_keys(a: &raw::Action) -> [(&'static str, &'static [&'static str], Optio
         ("runbook", AM, at(&a.runbook)),
         ("generator_url", AM, at(&a.generator_url)),
         ("routing_key", PD, at(&a.routing_key)),
-        ("server", SERVER, at(&a.server)),
+        // `server` of other kinds: rejected with the haproxy keys (see `check_action`).
         ("tls", EMAIL, at(&a.tls)),
         ("user", EMAIL, at(&a.user)),
         ("password", EMAIL, at(&a.password)),
