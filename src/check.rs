@@ -146,9 +146,15 @@ pub async fn run(config: Config, selected: &[String], dry_run: bool) -> Result<R
                 .get(&o.action)
                 .is_some_and(|a| a.role() == crate::rules::Role::Page)
     });
-    if !dry_run {
-        refresh_alertmanager(&config, &client, &saved.open_pages).await;
-    }
+    // Alerts still firing are re-posted while the probes run, not before them: a slow
+    // Alertmanager must not delay this run's checks.
+    let refreshing = (!dry_run).then(|| {
+        tokio::spawn(refresh_alertmanager(
+            config.clone(),
+            client.clone(),
+            saved.open_pages.clone(),
+        ))
+    });
 
     // 1. Probes, concurrently.
     let indices: Vec<usize> = config
@@ -186,6 +192,10 @@ pub async fn run(config: Config, selected: &[String], dry_run: bool) -> Result<R
     saved
         .baselines
         .retain(|name, _| config.probe(name).is_some());
+
+    if let Some(refreshing) = refreshing {
+        let _ = refreshing.await;
+    }
 
     // 2. Decisions: the pure step, in config order.
     let now = clock::now();
@@ -405,14 +415,18 @@ fn effect_task(
 
 /// Re-posts the Alertmanager alerts still open, one attempt each: without it Alertmanager
 /// resolves them after its `resolve_timeout` when runs are further apart than that.
-async fn refresh_alertmanager(config: &Config, client: &reqwest::Client, open: &[PendingPage]) {
+async fn refresh_alertmanager(
+    config: Arc<Config>,
+    client: reqwest::Client,
+    open: Vec<PendingPage>,
+) {
     let mut tasks = JoinSet::new();
     for o in open {
         let Some(spec @ ActionSpec::Alertmanager(_)) = config.actions.get(&o.action).cloned()
         else {
             continue;
         };
-        let (client, o) = (client.clone(), o.clone());
+        let client = client.clone();
         tasks.spawn(async move {
             if let Err(e) = pager::deliver(&client, &spec, std::slice::from_ref(&o.page)).await {
                 tracing::warn!(action = %o.action, probe = %o.page.probe, error = %e, "alert refresh failed");
