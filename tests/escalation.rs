@@ -37,6 +37,11 @@ start = [{start}]
     )
 }
 
+/// A `command` action running `argv`.
+fn command_action(name: &str, argv: &[&str]) -> String {
+    format!("\n[action.{name}]\nkind = \"command\"\ncommand = {argv:?}\n")
+}
+
 fn probe(name: &str, apache: &FakeApache, extra: &str) -> String {
     format!(
         "\n[[probe]]\nname = \"{name}\"\nkind = \"http\"\nurl = \"{}\"\n{extra}\n",
@@ -74,10 +79,7 @@ escalate = ["restart", "restart", ["drain", "page"]]
 "#,
             // Every restart brings it back broken.
             &restart_action("restart", &apache, "status:503"),
-            &format!(
-                "\n[action.drain]\nkind = \"command\"\ncommand = [\"/usr/bin/touch\", \"{}\"]\n",
-                flag.display()
-            ),
+            &command_action("drain", &["/usr/bin/touch", &flag.display().to_string()]),
             &pager(&hook),
         ],
     );
@@ -240,10 +242,7 @@ probe = "apache"
 when = "down for 1h"
 do = ["page"]
 "#,
-            &format!(
-                "\n[action.restart]\nkind = \"command\"\ncommand = [\"{}\", \"restart\"]\n",
-                missing.display()
-            ),
+            &command_action("restart", &[&missing.display().to_string(), "restart"]),
             &pager(&hook),
         ],
     );
