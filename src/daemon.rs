@@ -1,8 +1,9 @@
 //! `watchdog run`: the daemon.
 //!
 //! Shape (one process, one thread, many tasks):
-//! - one **probe task** per probe: ticks on its own interval (with a start jitter so probes
-//!   spread out), or at once when the probe reports a kernel event (a process died); takes a
+//! - one **probe task** per probe: ticks on its own interval (at a stable offset on the
+//!   `start_grid`, so probes spread out over their interval but those sharing a grid slot run
+//!   in one wake-up of the process), or at once when the probe reports a kernel event (a process died); takes a
 //!   slot among `max_in_flight`, runs the check under its hard timeout, and sends the outcome
 //!   to the engine task;
 //! - the **engine task** (this module's loop) owns the pure [`crate::rules::Engine`], the page
@@ -152,6 +153,8 @@ struct Daemon {
     events_tx: mpsc::Sender<Event>,
     in_flight: Arc<Semaphore>,
     lateness: Arc<Mutex<Lateness>>,
+    /// The origin of the start grid every probe's schedule is laid on ([`first_tick`]).
+    epoch: Instant,
     clients: HttpClients,
     notifier: Notifier,
     last_observation: Instant,
@@ -210,6 +213,7 @@ pub async fn run(
         remedy_tasks: JoinSet::new(),
         events_tx,
         lateness: Arc::new(Mutex::new(Lateness::default())),
+        epoch: Instant::now(),
         clients: HttpClients::default(),
         notifier: Notifier::from_env(),
         last_observation: Instant::now(),
@@ -943,7 +947,16 @@ impl Daemon {
             let handle = tokio::spawn(probe_loop(
                 Arc::from(spec.name.as_str()),
                 self.next_generation,
-                (spec.interval, spec.timeout),
+                (
+                    first_tick(
+                        (self.epoch, self.config.watchdog.start_grid),
+                        Instant::now(),
+                        &spec.name,
+                        spec.interval,
+                    ),
+                    spec.interval,
+                    spec.timeout,
+                ),
                 probe,
                 self.in_flight.clone(),
                 self.events_tx.clone(),
@@ -977,18 +990,18 @@ impl Daemon {
 async fn probe_loop(
     name: Arc<str>,
     generation: u64,
-    (interval, timeout): (Duration, Duration),
+    (start, interval, timeout): (Instant, Duration, Duration),
     probe: Arc<Probe>,
     in_flight: Arc<Semaphore>,
     events: mpsc::Sender<Event>,
     mut stop: watch::Receiver<bool>,
     lateness: Arc<Mutex<Lateness>>,
 ) {
-    let start = Instant::now() + jitter(&name, interval);
     let mut ticks = tokio::time::interval_at(start, interval);
-    // A check that overran its slot (it cannot: timeout < interval) or a stalled runtime must
-    // not cause a burst of catch-up checks.
-    ticks.set_missed_tick_behavior(MissedTickBehavior::Delay);
+    // A stalled runtime must not cause a burst of catch-up checks; a late tick must not move
+    // the probe off its grid either (Delay would: the next tick would be `interval` after
+    // the late one).
+    ticks.set_missed_tick_behavior(MissedTickBehavior::Skip);
     loop {
         let scheduled = tokio::select! {
             t = ticks.tick() => t,
@@ -1022,26 +1035,99 @@ async fn probe_loop(
 }
 
 /// A stable start offset in [0, interval): probes spread over their interval instead of all
-/// firing together, and the same config starts the same way each time.
-fn jitter(name: &str, interval: Duration) -> Duration {
+/// firing together, and the same config starts the same way each time. With a `grid`, the
+/// offset is a whole number of grid steps: the probes that share a slot run in one wake-up
+/// of the process (at 200 checks a second, a 250 ms grid halves the CPU a check costs: the
+/// kernel's work for the wake-ups, not the checks, was most of it; issue #7).
+fn start_offset(name: &str, interval: Duration, grid: Duration) -> Duration {
     let mut h = std::collections::hash_map::DefaultHasher::new();
     name.hash(&mut h);
-    let fraction = (h.finish() % 10_000) as f64 / 10_000.0;
-    interval.mul_f64(fraction)
+    if grid.is_zero() {
+        let fraction = (h.finish() % 10_000) as f64 / 10_000.0;
+        return interval.mul_f64(fraction);
+    }
+    let slots = (interval.as_nanos() / grid.as_nanos()).max(1);
+    let slot = u128::from(h.finish()) % slots;
+    Duration::from_nanos(u64::try_from(grid.as_nanos() * slot).unwrap_or(u64::MAX))
 }
+
+/// The first tick of a probe started at `now`: its offset in the schedule laid from `epoch`
+/// (the daemon's start), in the first period that has not passed, so that probes started at
+/// different moments (by a reload) still share the grid. A tick that passed less than
+/// [`JUST_PASSED`] ago still counts: probes in the first slot check at once at start.
+fn first_tick(
+    (epoch, grid): (Instant, Duration),
+    now: Instant,
+    name: &str,
+    interval: Duration,
+) -> Instant {
+    let mut tick = epoch + start_offset(name, interval, grid);
+    if tick + JUST_PASSED < now {
+        let periods = (now - tick - JUST_PASSED)
+            .as_nanos()
+            .div_ceil(interval.as_nanos().max(1));
+        tick += interval * u32::try_from(periods).unwrap_or(u32::MAX);
+    }
+    tick
+}
+
+/// See [`first_tick`].
+const JUST_PASSED: Duration = Duration::from_millis(10);
 
 #[cfg(test)]
 mod tests {
     use super::*;
 
+    const NAMES: [&str; 6] = ["a", "apache", "ssh", "x-1234", "db", "queue"];
+
     #[test]
-    fn jitter_is_within_the_interval_and_stable() {
+    fn start_offsets_are_within_the_interval_stable_and_on_the_grid() {
         let i = Duration::from_secs(10);
-        for name in ["a", "apache", "ssh", "x-1234"] {
-            let j = jitter(name, i);
-            assert!(j < i);
-            assert_eq!(j, jitter(name, i));
+        let grid = Duration::from_millis(250);
+        for name in NAMES {
+            let o = start_offset(name, i, grid);
+            assert!(o < i, "{name}: {o:?}");
+            assert_eq!(o, start_offset(name, i, grid));
+            assert_eq!(o.as_nanos() % grid.as_nanos(), 0, "{name}: {o:?}");
+            assert!(start_offset(name, i, Duration::ZERO) < i);
         }
+        // Spread over the slots, not all in one (6 names, 40 slots).
+        let distinct: std::collections::BTreeSet<_> =
+            NAMES.iter().map(|n| start_offset(n, i, grid)).collect();
+        assert!(distinct.len() > 1, "{distinct:?}");
+        // An interval shorter than the grid has one slot: the grid's origin.
+        for name in NAMES {
+            assert_eq!(
+                start_offset(name, Duration::from_millis(100), grid),
+                Duration::ZERO
+            );
+        }
+    }
+
+    #[test]
+    fn probes_started_later_keep_the_grid() {
+        let epoch = Instant::now();
+        let (interval, grid) = (Duration::from_secs(1), Duration::from_millis(250));
+        for name in NAMES {
+            let offset = start_offset(name, interval, grid);
+            // At the daemon's start: the probe's own slot in the first period.
+            assert_eq!(
+                first_tick((epoch, grid), epoch, name, interval),
+                epoch + offset
+            );
+            // Started 3.3 s later (a reload): the first of its slots that has not passed,
+            // whole periods after the start's.
+            let now = epoch + Duration::from_millis(3300);
+            let tick = first_tick((epoch, grid), now, name, interval);
+            assert!(tick + JUST_PASSED >= now && tick < now + interval, "{name}");
+            assert_eq!((tick - epoch - offset).as_nanos() % interval.as_nanos(), 0);
+        }
+        // A slot that passed a moment ago is still taken: no wait of a whole interval.
+        let now = epoch + Duration::from_millis(3);
+        assert_eq!(
+            first_tick((epoch, grid), now, "a", Duration::from_millis(100)),
+            epoch
+        );
     }
 
     #[test]

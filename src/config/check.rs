@@ -284,6 +284,7 @@ fn check_watchdog(main: &Document, diags: &mut Diagnostics) -> WatchdogSettings 
         state_dir: PathBuf::from(WatchdogSettings::DEFAULT_STATE_DIR),
         dry_run: false,
         max_in_flight: WatchdogSettings::DEFAULT_MAX_IN_FLIGHT,
+        start_grid: WatchdogSettings::DEFAULT_START_GRID,
         hostname: nix::unistd::gethostname()
             .ok()
             .and_then(|h| h.into_string().ok())
@@ -354,6 +355,9 @@ fn check_watchdog(main: &Document, diags: &mut Diagnostics) -> WatchdogSettings 
     settings.dry_run = w.dry_run.unwrap_or(false);
     if let Some(n) = ctx.count("max_in_flight", &w.max_in_flight) {
         settings.max_in_flight = n as usize;
+    }
+    if let Some(grid) = ctx.duration("start_grid", &w.start_grid) {
+        settings.start_grid = grid;
     }
     if let Some(h) = &w.hostname {
         if h.get_ref().trim().is_empty() {

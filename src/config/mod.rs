@@ -80,6 +80,9 @@ pub struct WatchdogSettings {
     pub dry_run: bool,
     /// At most this many checks run at once, whatever the number of probes.
     pub max_in_flight: usize,
+    /// Probes start on a grid of this step, so that those sharing a slot run in one wake-up
+    /// of the process; zero: anywhere in their interval.
+    pub start_grid: Duration,
     pub hostname: String,
     /// The status API's unix socket.
     pub api_socket: PathBuf,
@@ -90,6 +93,7 @@ pub struct WatchdogSettings {
 impl WatchdogSettings {
     pub const DEFAULT_STATE_DIR: &str = "/var/lib/uptime-watchdog";
     pub const DEFAULT_MAX_IN_FLIGHT: usize = 256;
+    pub const DEFAULT_START_GRID: Duration = Duration::from_millis(250);
 }
 
 /// One probe: what to check, how often, and what its rules do.

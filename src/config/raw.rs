@@ -22,6 +22,8 @@ pub struct Watchdog {
     /// Globs, relative to the main file's directory: `["conf.d/*.toml"]`.
     pub include: Option<Vec<Text>>,
     pub max_in_flight: Option<Count>,
+    /// Probes start on a grid of this step (`"0s"`: anywhere in their interval).
+    pub start_grid: Option<Text>,
     /// The name pages and env vars give this host; defaults to the kernel's hostname.
     pub hostname: Option<Text>,
     /// The status API's unix socket (default: `state_dir/watchdog.sock`).
