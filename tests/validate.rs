@@ -377,3 +377,31 @@ kind = "systmd"
     let (code, _, stderr) = watchdog(&["validate", "-c", path.to_str().unwrap()]);
     assert_eq!(code, 0, "{good}\n---\n{stderr}");
 }
+
+#[test]
+fn start_grid_is_a_duration_and_zero_turns_it_off() {
+    let dir = TempDir::new("start-grid");
+    let probe = "\n[[probe]]\nname = \"ssh\"\nkind = \"tcp\"\naddress = \"127.0.0.1:22\"\n";
+    let bad = dir.write(
+        "bad.toml",
+        &format!("[watchdog]\nstate_dir = \"state\"\nstart_grid = \"often\"\n{probe}"),
+    );
+    let (code, _, stderr) = watchdog(&["validate", "-c", bad.to_str().unwrap()]);
+    assert_eq!(code, 78, "{stderr}");
+    let want = format!(
+        "{}:3:14: `start_grid`: `often` is not a duration",
+        bad.display()
+    );
+    assert!(
+        stderr.lines().any(|l| l.trim_start().starts_with(&want)),
+        "missing `{want}` in:\n{stderr}"
+    );
+    for grid in ["0s", "100ms", "1s"] {
+        let ok = dir.write(
+            "ok.toml",
+            &format!("[watchdog]\nstate_dir = \"state\"\nstart_grid = \"{grid}\"\n{probe}"),
+        );
+        let (code, _, stderr) = watchdog(&["validate", "-c", ok.to_str().unwrap()]);
+        assert_eq!(code, 0, "start_grid = {grid}: {stderr}");
+    }
+}
