@@ -11,7 +11,11 @@ ARG RUST_IMAGE=rust:1-bookworm
 FROM ${RUST_IMAGE} AS build
 WORKDIR /src
 COPY . .
-RUN cargo build --release --locked --bin watchdog --example fake_apache \
+# Two builds, the watchdog alone last: built together with an example, the examples'
+# dev-dependency features would change the watchdog's symbols, and the linker would no longer
+# find the functions of bench/symbol-order.txt (build.rs) to lay them out together.
+RUN cargo build --release --locked --example fake_apache \
+ && cargo build --release --locked --bin watchdog \
  && docker/rootfs.sh /out/watchdog-rootfs target/release/watchdog \
  && docker/rootfs.sh /out/demo-rootfs target/release/watchdog target/release/examples/fake_apache \
  && cp examples/compose/app-health.toml /out/demo-rootfs/root/etc/uptime-watchdog/health.toml

@@ -2,8 +2,9 @@
 # Builds the images of ../../Dockerfile from binaries built on this machine, with no registry:
 # `FROM scratch` plus a root filesystem of the binaries and the libraries they link.
 #
-#   cargo build --release --bin watchdog --example fake_apache
+#   cargo build --release --example fake_apache && cargo build --release --bin watchdog
 #   examples/compose/build-local.sh                      # from target/release
+# (two builds, the watchdog alone last, as in the Dockerfile: see there)
 #   examples/compose/build-local.sh target/debug         # any cargo output directory
 #
 # Makes $WATCHDOG_IMAGE (default uptime-watchdog:local) and $DEMO_APP_IMAGE (default
@@ -17,7 +18,7 @@ watchdog_image=${WATCHDOG_IMAGE:-uptime-watchdog:local}
 demo_image=${DEMO_APP_IMAGE:-uptime-watchdog-demo-app:local}
 label=${IMAGE_LABEL:-uptime-watchdog.image=local}
 for program in "$bin/watchdog" "$bin/examples/fake_apache"; do
-    [ -x "$program" ] || { echo "$program is missing: cargo build --release --bin watchdog --example fake_apache" >&2; exit 1; }
+    [ -x "$program" ] || { echo "$program is missing: cargo build --release --example fake_apache && cargo build --release --bin watchdog" >&2; exit 1; }
 done
 
 context=$(mktemp -d)
