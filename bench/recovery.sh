@@ -5,7 +5,8 @@
 #   bench/recovery.sh                 # RUNS=5 runs of every scenario per watchdog, then footprint
 #   RUNS=1 FOOT_SECONDS=10 bench/recovery.sh   # quick smoke (~3 minutes)
 #   BENCH_KEEP=1 bench/recovery.sh    # keep configs and logs (JSON watchdog logs, monit logs)
-# Knobs: RUNS (5), FOOT_SECONDS (60, the footprint window), FOOT_RUNS (1), BENCH_PORT (18600:
+#   FOOT_ONLY=1 FOOT_RUNS=3 bench/recovery.sh  # footprint (5.) alone, 3 alternating runs
+# Knobs: FOOT_ONLY (0; 1 skips scenarios 1-4), RUNS (5), FOOT_SECONDS (60, the footprint window), FOOT_RUNS (1), BENCH_PORT (18600:
 # services BENCH_PORT.., control ports BENCH_PORT+100.., monit httpd BENCH_PORT+300),
 # MAX_WAIT (120 s per recovery), BENCH_BUILD (1; 0 skips `cargo build`), RESULTS (bench/RESULTS.md).
 #
@@ -61,14 +62,16 @@ HELPERS=$ROOT/bench/recovery
 if [[ -z ${RECOVERY_UNDER_REAPER:-} ]]; then
     export RECOVERY_UNDER_REAPER=1
     knobs=""
-    for v in RUNS FOOT_SECONDS FOOT_RUNS BENCH_PORT MAX_WAIT BENCH_BUILD BENCH_KEEP RESULTS; do
+    for v in FOOT_ONLY RUNS FOOT_SECONDS FOOT_RUNS BENCH_PORT MAX_WAIT BENCH_BUILD BENCH_KEEP RESULTS; do
         [[ -n ${!v:-} ]] && knobs+="$v=${!v} "
     done
     export RECOVERY_CMD="${RECOVERY_CMD:-${knobs}bench/recovery.sh${*:+ $*}}"
     exec python3 "$HELPERS/reaper.py" bash "${BASH_SOURCE[0]}" "$@"
 fi
 
+FOOT_ONLY=${FOOT_ONLY:-0}
 RUNS=${RUNS:-5}
+((FOOT_ONLY)) && RUNS=0
 FOOT_SECONDS=${FOOT_SECONDS:-60}
 FOOT_RUNS=${FOOT_RUNS:-1}
 BENCH_PORT=${BENCH_PORT:-18600}
@@ -160,6 +163,14 @@ fi
 MONIT=$(command -v monit)
 MONIT_VERSION=$(monit -V | head -n1)
 WATCHDOG_VERSION=$("$WATCHDOG" --version)
+# How much of the symbol order (build.rs) the binary still matches: a stale list costs RSS.
+ORDER_FILE=$ROOT/bench/symbol-order.txt
+if [[ -s $ORDER_FILE ]] && command -v nm >/dev/null; then
+    ORDER_MATCH="$(comm -12 <(sort -u "$ORDER_FILE") <(nm "$WATCHDOG" | awk '{ print $NF }' | sort -u) | wc -l) of $(sort -u "$ORDER_FILE" | wc -l) functions of bench/symbol-order.txt are in the binary"
+else
+    ORDER_MATCH="not checked (no bench/symbol-order.txt or no nm)"
+fi
+log "symbol order: $ORDER_MATCH"
 REV=$(git -C "$ROOT" rev-parse --short HEAD 2>/dev/null || echo unknown)
 [[ -n $(git -C "$ROOT" status --porcelain --untracked-files=no 2>/dev/null) ]] && REV="$REV (+ uncommitted changes in the tree)"
 LOAD_START=$(</proc/loadavg)
@@ -372,7 +383,7 @@ cpu_ticks() {
     stat=$(<"/proc/$1/stat")
     rest=${stat##*) }
     read -r -a f <<<"$rest"
-    echo $((f[11] + f[12]))
+    echo "${f[11]} ${f[12]}" # utime stime
 }
 status_kb() {
     local line
@@ -406,7 +417,7 @@ done
 for ((i = 1; i <= FOOT_SERVERS; i++)); do wait_served "$FDIR/fa$i.pid" "$(sport "$i")"; done
 declare -A FOOT # FOOT[checks,tool,figure] = "v ..."
 foot_run() { # foot_run TOOL CHECKS
-    local tool=$1 n=$2 dir="$FDIR/$1-$2-$RANDOM" i t0 t1 s0 s1
+    local tool=$1 n=$2 dir="$FDIR/$1-$2-$RANDOM" i u0 u1 k0 k1 s0 s1
     mkdir -p "$dir/state"
     if [[ $tool == monit ]]; then
         {
@@ -433,28 +444,50 @@ foot_run() { # foot_run TOOL CHECKS
     start_tool "$tool" "$dir"
     sleep 3 # start-up and the watchdog's start jitter
     check_tool "$tool" "$dir"
-    t0=$(cpu_ticks "$TOOL_PID")
+    read -r u0 k0 <<<"$(cpu_ticks "$TOOL_PID")"
     s0=$(served_total "$FOOT_SERVERS")
     sleep "$FOOT_SECONDS"
-    t1=$(cpu_ticks "$TOOL_PID")
+    read -r u1 k1 <<<"$(cpu_ticks "$TOOL_PID")"
     s1=$(served_total "$FOOT_SERVERS")
     check_tool "$tool" "$dir"
-    local rss hwm cpu_ms per
+    local rss hwm cpu_ms per user_per sys_per
     rss=$(status_kb "$TOOL_PID" VmRSS)
     hwm=$(status_kb "$TOOL_PID" VmHWM)
     stop_tool
-    cpu_ms=$(awk -v t=$((t1 - t0)) -v hz="$CLK_TCK" 'BEGIN { printf "%.0f", 1000 * t / hz }')
+    cpu_ms=$(awk -v t=$((u1 - u0 + k1 - k0)) -v hz="$CLK_TCK" 'BEGIN { printf "%.0f", 1000 * t / hz }')
     per=$(awk -v c="$cpu_ms" -v s=$((s1 - s0)) 'BEGIN { printf "%.3f", s ? c / s : 0 }')
+    user_per=$(awk -v t=$((u1 - u0)) -v hz="$CLK_TCK" -v s=$((s1 - s0)) 'BEGIN { printf "%.3f", s ? 1000 * t / hz / s : 0 }')
+    sys_per=$(awk -v t=$((k1 - k0)) -v hz="$CLK_TCK" -v s=$((s1 - s0)) 'BEGIN { printf "%.3f", s ? 1000 * t / hz / s : 0 }')
     FOOT[$n,$tool,rss]+="$(awk -v k="$rss" 'BEGIN { printf "%.2f", k / 1024 }') "
     FOOT[$n,$tool,hwm]+="$(awk -v k="$hwm" 'BEGIN { printf "%.2f", k / 1024 }') "
     FOOT[$n,$tool,cpu]+="$cpu_ms "
     FOOT[$n,$tool,per]+="$per "
+    FOOT[$n,$tool,user]+="$user_per "
+    FOOT[$n,$tool,sys]+="$sys_per "
     FOOT[$n,$tool,checks]+="$((s1 - s0)) "
-    log "footprint $tool $n checks: rss $rss kB, hwm $hwm kB, cpu $cpu_ms ms in ${FOOT_SECONDS} s, $((s1 - s0)) checks answered, $per ms/check"
+    log "footprint $tool $n checks: rss $rss kB, hwm $hwm kB, cpu $cpu_ms ms in ${FOOT_SECONDS} s, $((s1 - s0)) checks answered, $per ms/check ($user_per user + $sys_per system)"
+}
+# The floor (bench/recovery/floor.c): a C client that makes only the system calls of a check,
+# all the checks of a second at once. What it costs is the kernel's work for the connections and
+# one wake-up a second: no watchdog that opens a connection per check can cost less.
+FLOOR=""
+if command -v gcc >/dev/null && gcc -O2 -o "$WORK/floor" "$HELPERS/floor.c" 2>"$WORK/floor-build.log"; then
+    FLOOR=$WORK/floor
+else
+    log "no C compiler (gcc): the floor of the footprint table is not measured"
+fi
+floor_run() { # floor_run CHECKS
+    local n=$1 line
+    line=$("${PIN_MEASURED[@]}" "$FLOOR" "$BENCH_PORT" "$FOOT_SERVERS" "$n" "$n" "$FOOT_SECONDS") ||
+        die "the floor client failed: $line"
+    [[ $line =~ user_ms_per_check\ ([0-9.]+)\ sys_ms_per_check\ ([0-9.]+) ]] || die "floor: $line"
+    FOOT[$n,floor,per]+="$(awk -v u="${BASH_REMATCH[1]}" -v k="${BASH_REMATCH[2]}" 'BEGIN { printf "%.3f", u + k }') "
+    log "footprint floor $n checks: $line"
 }
 for ((r = 1; r <= FOOT_RUNS; r++)); do
     for n in 20 200; do
         if (((r + n / 200) % 2)); then foot_run watchdog "$n"; foot_run monit "$n"; else foot_run monit "$n"; foot_run watchdog "$n"; fi
+        [[ -z $FLOOR ]] || floor_run "$n"
     done
 done
 for pid in "${PIDS[@]}"; do stop_pid "$pid"; done
@@ -462,18 +495,19 @@ PIDS=()
 LOAD_END=$(</proc/loadavg)
 
 # --- report ---------------------------------------------------------------------------------------
-stats() { # stats "v1 v2 ...": "min|median|max" (timeouts excluded and counted)
-    tr ' ' '\n' <<<"$1" | awk 'NF' | awk '
+stats() { # stats "v1 v2 ..." [DECIMALS]: "min|median|max" (timeouts excluded and counted)
+    tr ' ' '\n' <<<"$1" | awk 'NF' | awk -v d="${2:-2}" '
         $1 == "timeout" { t++; next } { v[++n] = $1 }
         END {
             if (n == 0) { printf "-|-|-"; if (t) printf " (%d timeouts)", t; exit }
             for (i = 1; i <= n; i++) for (j = i + 1; j <= n; j++) if (v[j] < v[i]) { x = v[i]; v[i] = v[j]; v[j] = x }
             med = (n % 2) ? v[(n + 1) / 2] : (v[n / 2] + v[n / 2 + 1]) / 2
-            printf "%.2f|%.2f|%.2f", v[1], med, v[n]
+            f = "%." d "f"
+            printf f "|" f "|" f, v[1], med, v[n]
             if (t) printf " (%d timeouts)", t
         }'
 }
-median() { local s; s=$(stats "$1"); s=${s#*|}; echo "${s%%|*}"; }
+median() { local s; s=$(stats "$1" "${2:-2}"); s=${s#*|}; echo "${s%%|*}"; }
 ratio() { awk -v a="$1" -v b="$2" 'BEGIN { if (a == "-" || b == "-" || b + 0 == 0) print "n/a"; else printf "%.3f", a / b }'; }
 scen_desc() {
     case $1 in
@@ -491,10 +525,11 @@ report() {
     echo "- date: $(date -u -d "@$START_EPOCH" '+%Y-%m-%d %H:%M UTC') (took $(((EPOCHSECONDS - START_EPOCH) / 60)) min)"
     echo "- machine: $(lscpu | awk -F: '/Model name/ { gsub(/^ +/, "", $2); print $2; exit }'), nproc $NCPU, $(uname -sr)"
     echo "- load: at start \`$UPTIME_START\`; load average at the end $LOAD_END (other builds share this machine: the figures are noisy)"
-    echo "- versions: $MONIT_VERSION; $WATCHDOG_VERSION, commit $REV; process probe in this build: $( ((HAVE_PROC)) && echo yes || echo no)"
+    echo "- versions: $MONIT_VERSION; $WATCHDOG_VERSION, commit $REV; process probe in this build: $( ((HAVE_PROC)) && echo yes || echo no); symbol order: $ORDER_MATCH"
     echo "- command: \`$RECOVERY_CMD\` (RUNS=$RUNS, FOOT_SECONDS=$FOOT_SECONDS, FOOT_RUNS=$FOOT_RUNS)"
     echo "- placement: $PLACEMENT; the whole benchmark runs under a child subreaper (bench/recovery/reaper.py) that reaps orphaned servers at once, for both watchdogs"
     echo
+    if ((FOOT_ONLY)); then echo "(FOOT_ONLY=1: scenarios 1-4 not run)"; else
     echo "## Recovery (seconds from the fault: restarted = new live pid in the pidfile; serving = HTTP 200 again)"
     echo
     echo "Equivalent configs: check every 1 s, down after 3 failures, restart = TERM, up to 2 s, KILL, start."
@@ -519,24 +554,44 @@ report() {
     echo
     echo "Isolation (4b vs 4a, serving, medians): watchdog $(median "${RES[iso-hung,watchdog,$WD_ISO,serving]:-}") s vs $(median "${RES[iso-base,watchdog,$WD_ISO,serving]:-}") s; monit $(median "${RES[iso-hung,monit,-,serving]:-}") s vs $(median "${RES[iso-base,monit,-,serving]:-}") s."
     echo "In 4a/4b every one of the 20 services is watched and restarted the same way; services 1-5 hang (mode hang, and they come back hung after each restart); service 20 is killed."
+    fi
     echo
     echo "## Footprint (http checks every 1 s against 10 healthy fake apaches, no actions; window ${FOOT_SECONDS} s after 3 s warm-up; $FOOT_RUNS run(s))"
     echo
     echo "| checks | figure | watchdog min | median | max | monit min | median | max | ratio of medians watchdog/monit |"
     echo "|---:|---|---:|---:|---:|---:|---:|---:|---:|"
     for n in 20 200; do
-        for fig in rss hwm cpu per checks; do
+        for fig in rss hwm cpu per user sys checks; do
             w=${FOOT[$n,watchdog,$fig]:-}
             m=${FOOT[$n,monit,$fig]:-}
             local name
-            case $fig in rss) name="VmRSS MiB (end)" ;; hwm) name="VmHWM MiB" ;; cpu) name="CPU ms (utime+stime) in the window" ;; per) name="CPU ms per check" ;; checks) name="checks answered in the window" ;; esac
-            ws=$(stats "$w")
-            ms=$(stats "$m")
-            echo "| $n | $name | ${ws//|/ | } | ${ms//|/ | } | $(ratio "$(median "$w")" "$(median "$m")") |"
+            case $fig in rss) name="VmRSS MiB (end)" ;; hwm) name="VmHWM MiB" ;; cpu) name="CPU ms (utime+stime) in the window" ;; per) name="CPU ms per check" ;; user) name="... of which user" ;; sys) name="... of which system" ;; checks) name="checks answered in the window" ;; esac
+            local d=2
+            case $fig in per | user | sys) d=3 ;; cpu | checks) d=0 ;; esac
+            ws=$(stats "$w" $d)
+            ms=$(stats "$m" $d)
+            echo "| $n | $name | ${ws//|/ | } | ${ms//|/ | } | $(ratio "$(median "$w" 3)" "$(median "$m" 3)") |"
         done
     done
     echo
     echo "monit checks serially and sleeps 1 s between cycles, so it may answer fewer than N checks per second; compare CPU per check."
+    if [[ -n $FLOOR ]]; then
+        echo
+        echo "The floor: bench/recovery/floor.c, a C client that makes only the system calls of a check (socket, connect, epoll_ctl, write, read, close) against the same servers, all the checks of a second at once, pinned like the watchdogs. No watchdog that opens a connection per check can cost less."
+        echo
+        echo "| checks | floor CPU ms per check: min | median | max | monit median | ratio floor/monit | watchdog median | ratio watchdog/floor |"
+        echo "|---:|---:|---:|---:|---:|---:|---:|---:|"
+        for n in 20 200; do
+            local f fs mm wm
+            f=${FOOT[$n,floor,per]:-}
+            fs=$(stats "$f" 3)
+            mm=$(median "${FOOT[$n,monit,per]:-}" 3)
+            wm=$(median "${FOOT[$n,watchdog,per]:-}" 3)
+            echo "| $n | ${fs//|/ | } | $mm | $(ratio "$(median "$f" 3)" "$mm") | $wm | $(ratio "$wm" "$(median "$f" 3)") |"
+        done
+        echo
+        echo "(The floor's split into user and system time is left out: at its few milliseconds a second, the kernel's tick-based accounting puts whole ticks in one or the other.)"
+    fi
 }
 report | tee "$RESULTS.tmp"
 mv "$RESULTS.tmp" "$RESULTS"
