@@ -368,27 +368,44 @@ fn a_psi_trigger_fires_under_real_pressure_after_cancelled_waits() {
     assert_eq!(p.trigger_status(), Some(Ok(())));
 
     // Page-cache thrashing: a 128 MiB file mapped and read over and over in a 64 MiB cgroup.
+    // The file is written here, outside the cgroup and before the clock starts: written from
+    // inside it, on a machine whose disk is busy (the rest of the suite), the writing alone
+    // took most of the time the trigger was given.
     let cg = TestCgroup::new("psi", "64M");
     let dir = TempDir::new("psi");
     let file = dir.path().join("thrash.bin");
+    {
+        use std::io::Write as _;
+        let mut f = std::fs::File::create(&file).unwrap();
+        let block: Vec<u8> = (0..1 << 20)
+            .map(|i: u32| (i.wrapping_mul(2_654_435_761) >> 13) as u8)
+            .collect();
+        for _ in 0..128 {
+            f.write_all(&block).unwrap();
+        }
+        f.sync_all().unwrap();
+    }
     let mut py = Py::start(&format!(
         "import os, mmap\n\
          n = 128 << 20\n\
-         f = open({file:?}, 'wb'); f.write(os.urandom(1 << 20) * 128); f.flush(); os.fsync(f.fileno()); f.close()\n\
          fd = os.open({file:?}, os.O_RDONLY)\n\
          os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_DONTNEED)\n\
          m = mmap.mmap(fd, n, prot=mmap.PROT_READ)\n\
+         for i in range(0, n, 4096): m[i]\n\
+         print('thrashing', flush=True)\n\
          while True:\n    for i in range(0, n, 4096): m[i]; m[i]\n",
         file = file.display().to_string()
     ));
     cg.enter(py.pid());
     py.go();
+    // One pass over the file in 64 MiB: the cgroup is full and reclaiming from here on.
+    py.wait_for_line("thrashing");
     let fired =
-        rt.block_on(async { tokio::time::timeout(Duration::from_secs(20), p.next_event()).await });
+        rt.block_on(async { tokio::time::timeout(Duration::from_secs(30), p.next_event()).await });
     py.kill();
     assert!(
         fired.is_ok(),
-        "the trigger did not fire within 20 s; {}",
+        "the trigger did not fire within 30 s of thrashing; {}",
         std::fs::read_to_string("/proc/pressure/memory").unwrap()
     );
     assert_eq!(p.trigger_status(), Some(Ok(())));
