@@ -389,7 +389,7 @@ fn start_grid_is_a_duration_and_zero_turns_it_off() {
     let (code, _, stderr) = watchdog(&["validate", "-c", bad.to_str().unwrap()]);
     assert_eq!(code, 78, "{stderr}");
     let want = format!(
-        "{}:3:14: `start_grid`: `often` is not a duration",
+        "{}:3:14: [watchdog]: `start_grid`: `often` is not a duration",
         bad.display()
     );
     assert!(
